@@ -1,0 +1,17 @@
+//! Domain types of dt-users: values that are valid by construction, and the user model.
+//!
+//! Nothing here does I/O. Input from the edge becomes these types through their `parse`
+//! functions; past that point an invalid email, username or password cannot exist.
+
+mod clock;
+mod field;
+mod password;
+mod profile;
+mod time_fmt;
+mod user;
+
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use field::{FieldError, FieldErrors};
+pub use password::{NewPassword, PasswordRules, is_common_password, normalize_password};
+pub use profile::{AvatarUrl, Bio, DisplayName, Email, Username, is_reserved_username};
+pub use user::{AccountStatus, User};

@@ -1,0 +1,112 @@
+//! The HTTP API: routes, layers and the OpenAPI document.
+
+mod auth;
+pub mod extract;
+mod meta;
+mod middleware;
+pub mod problem;
+mod users;
+pub mod views;
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use utoipa::openapi::security::{Flow, HttpAuthScheme, HttpBuilder, OAuth2, Password, Scopes, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::service::App;
+
+/// Bodies larger than this are refused with 413.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// The state every handler receives.
+#[derive(Debug, Clone)]
+pub struct AppState(pub Arc<App>);
+
+impl Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+        components.add_security_scheme(
+            "password",
+            SecurityScheme::OAuth2(OAuth2::new([Flow::Password(Password::new("/api/v1/auth/login", Scopes::new()))])),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "dt-users", description = "The user service of Dev Talk: accounts, sign-in, sessions and profiles."),
+    modifiers(&SecuritySchemes),
+    components(schemas(problem::Problem, problem::FieldErrorView)),
+    tags(
+        (name = "auth", description = "Registration, sign-in and tokens"),
+        (name = "users", description = "Accounts, profiles and sessions"),
+        (name = "meta", description = "Keys, health and metrics"),
+    )
+)]
+struct ApiDoc;
+
+/// The routes and the OpenAPI document they describe.
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(auth::register))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(auth::logout))
+        .routes(routes!(users::current, users::update))
+        .routes(routes!(users::sessions))
+        .routes(routes!(users::end_session))
+        .routes(routes!(users::public_profile))
+        .routes(routes!(meta::jwks))
+        .routes(routes!(meta::live))
+        .routes(routes!(meta::ready))
+        .routes(routes!(meta::metrics))
+        .split_for_parts()
+}
+
+/// The OpenAPI document alone (for `/openapi.json` and the snapshot test).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
+/// The complete application: routes, docs, and the layers every request passes.
+pub fn router(app: Arc<App>, request_timeout: Duration) -> Router {
+    let (api, openapi) = routes();
+    let docs = SwaggerUi::new("/docs").url("/openapi.json", openapi);
+    api.with_state(AppState(app))
+        .merge(docs)
+        .fallback(middleware::not_found)
+        .layer(
+            ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(middleware::observe))
+                .layer(axum::middleware::from_fn(middleware::problem_documents))
+                .layer(CatchPanicLayer::custom(middleware::panic_response))
+                .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, request_timeout))
+                .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+                .layer(DefaultBodyLimit::max(BODY_LIMIT)),
+        )
+}

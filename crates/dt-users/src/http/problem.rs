@@ -1,0 +1,215 @@
+//! RFC 9457 problem documents: the one error format of every response, including the
+//! framework's own rejections. Domain errors are mapped to HTTP here and nowhere else.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use dt_users_domain::FieldError;
+use serde::Serialize;
+
+use crate::service::ServiceError;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// A problem document as sent.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `urn:problem-type:dt-users:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Stable snake_case identifier clients can switch on.
+    pub code: String,
+    /// Field errors of a 422.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldErrorView>>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FieldErrorView {
+    pub field: String,
+    pub message: String,
+}
+
+impl From<FieldError> for FieldErrorView {
+    fn from(e: FieldError) -> Self {
+        Self {
+            field: e.field,
+            message: e.message,
+        }
+    }
+}
+
+/// What the access log should know of an error response: its code, and for server errors
+/// the cause, which is logged once there and never sent to the client.
+#[derive(Debug, Clone)]
+pub struct ProblemLog {
+    pub code: &'static str,
+    pub cause: Option<String>,
+}
+
+/// A problem about to be sent.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    title: &'static str,
+    detail: Option<String>,
+    errors: Option<Vec<FieldError>>,
+    bearer_error: Option<&'static str>,
+    cause: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, title: &'static str) -> Self {
+        Self {
+            status,
+            code,
+            title,
+            detail: None,
+            errors: None,
+            bearer_error: None,
+            cause: None,
+        }
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn field_errors(mut self, errors: Vec<FieldError>) -> Self {
+        self.errors = Some(errors);
+        self
+    }
+
+    /// A 401 carries `WWW-Authenticate: Bearer`, with `error="invalid_token"` when a token
+    /// was presented and refused (RFC 6750).
+    fn bearer(mut self, error: Option<&'static str>) -> Self {
+        self.bearer_error = Some(error.unwrap_or(""));
+        self
+    }
+
+    fn cause(mut self, cause: String) -> Self {
+        self.cause = Some(cause);
+        self
+    }
+
+    pub fn validation(field: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_error", "The request is invalid")
+            .detail("One or more fields are invalid.")
+            .field_errors(vec![FieldError::new(field, message)])
+    }
+
+    /// The generic problem for a status the framework produced on its own.
+    pub fn for_status(status: StatusCode) -> Self {
+        let (code, title) = match status {
+            StatusCode::BAD_REQUEST => ("bad_request", "The request is malformed"),
+            StatusCode::UNAUTHORIZED => ("not_authenticated", "Authentication is required"),
+            StatusCode::NOT_FOUND => ("not_found", "Not found"),
+            StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "Method not allowed"),
+            StatusCode::REQUEST_TIMEOUT => ("request_timeout", "The request took too long"),
+            StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "The request body is too large"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "Unsupported content type"),
+            StatusCode::UNPROCESSABLE_ENTITY => ("validation_error", "The request is invalid"),
+            StatusCode::TOO_MANY_REQUESTS => ("rate_limited", "Too many requests"),
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
+                ("unavailable", "The service is temporarily unavailable")
+            }
+            s if s.is_server_error() => ("internal_error", "Internal server error"),
+            _ => ("bad_request", "The request cannot be served"),
+        };
+        let bearer = status == StatusCode::UNAUTHORIZED;
+        let error = Self::new(status, code, title);
+        if bearer { error.bearer(None) } else { error }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(err: ServiceError) -> Self {
+        use StatusCode as S;
+        const INVALID_TOKEN: Option<&str> = Some("invalid_token");
+        match err {
+            ServiceError::Validation(errors) => Self::new(S::UNPROCESSABLE_ENTITY, "validation_error", "The request is invalid")
+                .detail("One or more fields are invalid.")
+                .field_errors(errors),
+            ServiceError::WeakPassword(errors) => Self::new(S::UNPROCESSABLE_ENTITY, "weak_password", "The password is too weak")
+                .detail("The password does not meet the password policy.")
+                .field_errors(errors),
+            ServiceError::EmailTaken => Self::new(S::CONFLICT, "email_taken", "Email already registered")
+                .detail("An account with this email already exists."),
+            ServiceError::UsernameTaken => Self::new(S::CONFLICT, "username_taken", "Username taken")
+                .detail("This username is already in use."),
+            ServiceError::InvalidCredentials => Self::new(S::UNAUTHORIZED, "invalid_credentials", "Invalid credentials")
+                .detail("The email or password is wrong.")
+                .bearer(None),
+            ServiceError::WrongCurrentPassword => Self::new(S::FORBIDDEN, "invalid_credentials", "Invalid credentials")
+                .detail("The current password is wrong."),
+            ServiceError::NotAuthenticated => Self::new(S::UNAUTHORIZED, "not_authenticated", "Authentication is required")
+                .detail("Send an access token as `Authorization: Bearer <token>`.")
+                .bearer(None),
+            ServiceError::InvalidAccessToken => Self::new(S::UNAUTHORIZED, "invalid_token", "Invalid token")
+                .detail("The access token is malformed or not valid for this service.")
+                .bearer(INVALID_TOKEN),
+            ServiceError::AccessTokenExpired => Self::new(S::UNAUTHORIZED, "token_expired", "Token expired")
+                .detail("The access token has expired; refresh it.")
+                .bearer(INVALID_TOKEN),
+            ServiceError::SessionRevoked => Self::new(S::UNAUTHORIZED, "session_revoked", "Session ended")
+                .detail("The session of this token has ended; sign in again.")
+                .bearer(INVALID_TOKEN),
+            ServiceError::InvalidRefreshToken => Self::new(S::UNAUTHORIZED, "invalid_token", "Invalid token")
+                .detail("The refresh token is unknown, expired or already used.")
+                .bearer(INVALID_TOKEN),
+            ServiceError::RefreshTokenReused => Self::new(S::UNAUTHORIZED, "refresh_token_reused", "Refresh token reused")
+                .detail("This refresh token was already used; its session has been ended. Sign in again.")
+                .bearer(INVALID_TOKEN),
+            ServiceError::NotFound => Self::new(S::NOT_FOUND, "not_found", "Not found"),
+            ServiceError::Unavailable(cause) => Self::new(S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
+                .detail("A dependency is unavailable; try again shortly.")
+                .cause(cause),
+            ServiceError::Internal(cause) => Self::new(S::INTERNAL_SERVER_ERROR, "internal_error", "Internal server error")
+                .cause(cause),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Problem {
+            kind: format!("urn:problem-type:dt-users:{}", self.code),
+            title: self.title.to_owned(),
+            status: self.status.as_u16(),
+            detail: self.detail,
+            code: self.code.to_owned(),
+            errors: self.errors.map(|e| e.into_iter().map(Into::into).collect()),
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
+        let mut response = (self.status, json).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(error) = self.bearer_error {
+            let value = if error.is_empty() {
+                HeaderValue::from_static("Bearer realm=\"dt-users\"")
+            } else {
+                HeaderValue::from_static("Bearer realm=\"dt-users\", error=\"invalid_token\"")
+            };
+            headers.insert(header::WWW_AUTHENTICATE, value);
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response.extensions_mut().insert(ProblemLog {
+            code: self.code,
+            cause: self.cause,
+        });
+        response
+    }
+}
+
+impl IntoResponse for ServiceError {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
+    }
+}

@@ -1,0 +1,18 @@
+//! dt-users: the user service of Dev Talk.
+//!
+//! `config` loads the settings; `startup` builds the application from them; `service` holds
+//! the use-cases; `http` exposes them; `sessions` and `security` are the pieces the
+//! use-cases rely on.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod http;
+pub mod security;
+pub mod service;
+pub mod sessions;
+pub mod startup;
+pub mod telemetry;
+
+pub use dt_users_domain as domain;
+pub use dt_users_store as store;

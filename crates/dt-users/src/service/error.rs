@@ -1,0 +1,75 @@
+use dt_users_domain::FieldError;
+use dt_users_store::{Conflict, StoreError};
+
+use crate::security::password_hasher::HashError;
+use crate::sessions::SessionStoreError;
+
+/// Why a use-case refused or failed. Knows nothing of HTTP; `http::problem` maps it.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("invalid input")]
+    Validation(Vec<FieldError>),
+    #[error("the password does not meet the policy")]
+    WeakPassword(Vec<FieldError>),
+    #[error("the email is already registered")]
+    EmailTaken,
+    #[error("the username is taken")]
+    UsernameTaken,
+    #[error("wrong email or password")]
+    InvalidCredentials,
+    #[error("the current password is wrong")]
+    WrongCurrentPassword,
+    #[error("no access token was presented")]
+    NotAuthenticated,
+    #[error("the access token is invalid")]
+    InvalidAccessToken,
+    #[error("the access token has expired")]
+    AccessTokenExpired,
+    #[error("the session has ended")]
+    SessionRevoked,
+    #[error("the refresh token is invalid")]
+    InvalidRefreshToken,
+    #[error("the refresh token was already used; the session has been ended")]
+    RefreshTokenReused,
+    #[error("not found")]
+    NotFound,
+    #[error("a dependency is unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict(Conflict::Email) => Self::EmailTaken,
+            StoreError::Conflict(Conflict::Username) => Self::UsernameTaken,
+            StoreError::Unavailable(e) => Self::Unavailable(format!("database: {e}")),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ServiceError {
+    fn from(err: sqlx::Error) -> Self {
+        StoreError::from(err).into()
+    }
+}
+
+impl From<SessionStoreError> for ServiceError {
+    fn from(err: SessionStoreError) -> Self {
+        match err {
+            SessionStoreError::Unavailable(e) => Self::Unavailable(format!("session store: {e}")),
+            SessionStoreError::Corrupt(e) => Self::Internal(e),
+        }
+    }
+}
+
+impl From<HashError> for ServiceError {
+    fn from(err: HashError) -> Self {
+        match err {
+            HashError::Overloaded => Self::Unavailable("password hashing is overloaded".into()),
+            HashError::Failed(e) => Self::Internal(e),
+        }
+    }
+}

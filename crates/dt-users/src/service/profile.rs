@@ -1,0 +1,126 @@
+use dt_users_domain::{
+    AvatarUrl, Bio, DisplayName, Email, FieldError, FieldErrors, NewPassword, PasswordRules,
+    User, Username, normalize_password,
+};
+use dt_users_store as store;
+
+use super::accounts::into_field_error;
+use super::{App, ServiceError};
+use crate::security::access_token::TokenSubject;
+use crate::security::password_hasher::Verified;
+
+/// A partial update of the caller's account. For the nullable profile fields, `None` leaves
+/// the field alone and `Some(None)` clears it.
+#[derive(Debug, Default)]
+pub struct ProfilePatch {
+    pub username: Option<String>,
+    pub display_name: Option<Option<String>>,
+    pub bio: Option<Option<String>>,
+    pub avatar_url: Option<Option<String>>,
+    pub email: Option<String>,
+    pub new_password: Option<String>,
+    pub current_password: Option<String>,
+}
+
+fn parse_optional<T>(
+    errors: &mut FieldErrors,
+    field: &str,
+    value: Option<Option<String>>,
+    parse: fn(&str) -> Result<Option<T>, String>,
+    as_str: fn(&T) -> &str,
+) -> Option<Option<String>> {
+    match value {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(raw)) => errors
+            .check(field, parse(&raw))
+            .map(|parsed| parsed.as_ref().map(|v| as_str(v).to_owned())),
+    }
+}
+
+impl App {
+    /// Changes the caller's profile. A new email or password needs the current password; a
+    /// new password ends every other session, a new email is unverified.
+    #[tracing::instrument(skip_all, fields(user_id = %subject.user_id))]
+    pub async fn update_profile(&self, subject: TokenSubject, patch: ProfilePatch) -> Result<User, ServiceError> {
+        let mut user = self.current_user(subject).await?;
+        let mut errors = FieldErrors::new();
+        let username = patch
+            .username
+            .as_deref()
+            .and_then(|u| errors.check("username", Username::parse(u)));
+        let email = patch.email.as_deref().and_then(|e| errors.check("email", Email::parse(e)));
+        let display_name = parse_optional(&mut errors, "display_name", patch.display_name, DisplayName::parse, DisplayName::as_str);
+        let bio = parse_optional(&mut errors, "bio", patch.bio, Bio::parse, Bio::as_str);
+        let avatar_url = parse_optional(&mut errors, "avatar_url", patch.avatar_url, AvatarUrl::parse, AvatarUrl::as_str);
+        let new_password = patch.new_password.as_deref().and_then(|p| {
+            let rules = PasswordRules {
+                email: email.as_ref().unwrap_or(&user.email).as_str(),
+                username: username.as_ref().unwrap_or(&user.username).as_str(),
+            };
+            errors.check("new_password", NewPassword::parse(p, rules))
+        });
+        let needs_password = patch.email.is_some() || patch.new_password.is_some();
+        if needs_password && patch.current_password.is_none() {
+            errors.push(FieldError::new(
+                "current_password",
+                "is required to change the email or the password",
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(into_field_error(errors));
+        }
+        if let (true, Some(current)) = (needs_password, patch.current_password.as_deref()) {
+            let verified = self
+                .hasher
+                .verify(normalize_password(current), user.password_hash.clone())
+                .await?;
+            if verified == Verified::No {
+                return Err(ServiceError::WrongCurrentPassword);
+            }
+        }
+
+        let before = user.clone();
+        if let Some(username) = username {
+            user.username = username;
+        }
+        if let Some(email) = email.filter(|e| e.as_str() != user.email.as_str()) {
+            user.email_verified = false;
+            user.email = email;
+        }
+        if let Some(display_name) = display_name {
+            user.display_name = display_name;
+        }
+        if let Some(bio) = bio {
+            user.bio = bio;
+        }
+        if let Some(avatar_url) = avatar_url {
+            user.avatar_url = avatar_url;
+        }
+        let password_changed = new_password.is_some();
+        if let Some(password) = new_password {
+            user.password_hash = self.hasher.hash(password.secret().clone()).await?;
+        }
+        let changed = user.username != before.username
+            || user.email != before.email
+            || user.display_name != before.display_name
+            || user.bio != before.bio
+            || user.avatar_url != before.avatar_url
+            || password_changed;
+        if !changed {
+            return Ok(user);
+        }
+        user.updated_at = self.now();
+
+        // The write commits only once the other sessions are ended, so a new password never
+        // leaves an old session alive.
+        let mut tx = self.db.pool().begin().await?;
+        store::update_user(&mut tx, &user).await?;
+        if password_changed {
+            let ended = self.sessions.revoke_all(user.id, Some(subject.session_id)).await?;
+            tracing::info!(sessions = ended.len(), "password changed; other sessions ended");
+        }
+        tx.commit().await?;
+        Ok(user)
+    }
+}

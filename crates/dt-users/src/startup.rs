@@ -1,0 +1,146 @@
+//! Building the application from settings, and serving it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dt_users_domain::{Clock, SystemClock};
+use dt_users_store::{Db, MigrationState};
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::security::access_token::AccessTokens;
+use crate::security::keys::SigningKeys;
+use crate::security::password_hasher::PasswordHasherPool;
+use crate::service::App;
+use crate::sessions::{MemorySessions, RedisSessions, SessionStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(
+        "the database is behind this release (pending migrations: {0:?}); run `dt-users migrate` first"
+    )]
+    MigrationsPending(Vec<i64>),
+    #[error(
+        "the database has migrations this release does not know ({0:?}); run a newer dt-users"
+    )]
+    DatabaseAhead(Vec<i64>),
+    #[error("database: {0}")]
+    Database(#[from] dt_users_store::StoreError),
+    #[error(transparent)]
+    Keys(#[from] crate::security::keys::KeyError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the database a `Settings` names (creating the embedded default's directory).
+pub fn open_database(settings: &Settings) -> Result<Db, StartupError> {
+    if settings.is_embedded_database() {
+        std::fs::create_dir_all(&settings.data_dir)?;
+    }
+    Ok(Db::connect_lazy(&settings.effective_database_url(), settings.database_max_connections)?)
+}
+
+/// Builds the use-case layer: checks the schema, loads keys, connects the session store.
+/// The embedded default migrates its own SQLite file; any other database must be migrated
+/// with `dt-users migrate` first.
+pub async fn build_app(settings: Settings, clock: Arc<dyn Clock>) -> Result<Arc<App>, StartupError> {
+    let db = open_database(&settings)?;
+    let state = if settings.is_embedded_database() {
+        db.migrate().await?
+    } else {
+        db.migration_state().await?
+    };
+    match state {
+        MigrationState::UpToDate { .. } => {}
+        MigrationState::Behind { pending } => return Err(StartupError::MigrationsPending(pending)),
+        MigrationState::Ahead { unknown } => return Err(StartupError::DatabaseAhead(unknown)),
+    }
+    let keys = SigningKeys::load(&settings)?;
+    let tokens = AccessTokens::new(
+        keys,
+        settings.token_issuer.clone(),
+        settings.token_audience.clone(),
+        settings.access_token_ttl,
+    );
+    let sessions = match settings.redis_url() {
+        Some(url) => SessionStore::Redis(
+            RedisSessions::new(url, &settings.redis_key_prefix)
+                .map_err(|e| StartupError::Config(format!("DT_USERS_REDIS_URL: {e}")))?,
+        ),
+        None => SessionStore::Memory(MemorySessions::default()),
+    };
+    let hasher = PasswordHasherPool::new(
+        settings.argon2_memory_kib,
+        settings.argon2_iterations,
+        settings.argon2_parallelism,
+        settings.password_hash_concurrency,
+        settings.password_hash_queue,
+    )
+    .map_err(|e| StartupError::Config(e.to_string()))?;
+    tracing::info!(
+        database = db.dialect().name(),
+        sessions = sessions.backend(),
+        signing_kid = tokens.keys().signing_kid(),
+        "dt-users ready"
+    );
+    Ok(Arc::new(App {
+        settings,
+        db,
+        sessions,
+        tokens,
+        hasher,
+        clock,
+    }))
+}
+
+/// A bound, not yet running HTTP server.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    app: Arc<App>,
+}
+
+impl Application {
+    /// Binds `host:port` (port 0 picks a free one) with the wall clock.
+    pub async fn build(settings: Settings, host: &str, port: u16) -> Result<Self, StartupError> {
+        Self::build_with_clock(settings, host, port, Arc::new(SystemClock)).await
+    }
+
+    pub async fn build_with_clock(
+        settings: Settings,
+        host: &str,
+        port: u16,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartupError> {
+        crate::telemetry::install_metrics();
+        let app = build_app(settings, clock).await?;
+        let listener = TcpListener::bind((host, port)).await?;
+        Ok(Self { listener, app })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, std::io::Error> {
+        self.listener.local_addr()
+    }
+
+    pub fn app(&self) -> Arc<App> {
+        self.app.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), std::io::Error> {
+        let timeout = Duration::from_secs(self.app.settings.request_timeout.max(1));
+        let router = crate::http::router(self.app.clone(), timeout);
+        tracing::info!(address = %self.listener.local_addr()?, "listening");
+        let result = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
+        self.app.db.close().await;
+        result
+    }
+}

@@ -1,0 +1,109 @@
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+use crate::migrations::{self, MigrationState, migrate_error};
+use crate::StoreError;
+
+/// The SQL dialects dt-users runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    MySql,
+    Sqlite,
+}
+
+impl Dialect {
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+            Some(Self::MySql)
+        } else if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else {
+            None
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MySql => "mysql",
+            Self::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// A connection pool and the dialect behind it.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+impl Db {
+    /// Opens a pool lazily: a database that is down at start-up makes requests answer 503
+    /// until it is back, rather than keeping the service from starting.
+    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let dialect = Dialect::of_url(url).ok_or_else(|| {
+            StoreError::Corrupt("the database URL must start with mysql:// or sqlite://".into())
+        })?;
+        let url = match dialect {
+            // sqlx's MySQL driver knows the `mysql` scheme only.
+            Dialect::MySql => url.replacen("mariadb:", "mysql:", 1),
+            Dialect::Sqlite => url.to_owned(),
+        };
+        let options = AnyConnectOptions::from_str(&url).map_err(StoreError::from)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(match dialect {
+                Dialect::MySql => max_connections,
+                // SQLite has one writer; a small pool keeps lock waits short.
+                Dialect::Sqlite => max_connections.min(4),
+            })
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(options);
+        Ok(Self { pool, dialect })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Applies every migration this binary carries that the database lacks.
+    pub async fn migrate(&self) -> Result<MigrationState, StoreError> {
+        let migrator = migrations::migrator(self.dialect);
+        migrator.run(&self.pool).await.map_err(migrate_error)?;
+        self.migration_state().await
+    }
+
+    pub async fn migration_state(&self) -> Result<MigrationState, StoreError> {
+        let migrator = migrations::migrator(self.dialect);
+        let mut conn = self.pool.acquire().await?;
+        migrations::state(&mut conn, &migrator).await
+    }
+
+    /// One round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,115 @@
+use dt_users_domain::{AccountStatus, Email, Timestamp, User, Username};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+use uuid::Uuid;
+
+use crate::StoreError;
+
+const COLUMNS: &str = "id, email, email_verified, username, display_name, bio, avatar_url, \
+                       password_hash, status, created_at, updated_at";
+
+const INSERT: &str = "INSERT INTO users (id, email, email_lower, email_verified, username, \
+     username_lower, display_name, bio, avatar_url, password_hash, status, created_at, updated_at) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+const UPDATE: &str = "UPDATE users SET email = ?, email_lower = ?, email_verified = ?, \
+     username = ?, username_lower = ?, display_name = ?, bio = ?, avatar_url = ?, \
+     password_hash = ?, status = ?, updated_at = ? WHERE id = ?";
+
+fn select_where(condition: &str) -> String {
+    format!("SELECT {COLUMNS} FROM users WHERE {condition}")
+}
+
+fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
+    let id: String = row.try_get("id")?;
+    let status: String = row.try_get("status")?;
+    let verified: i64 = row.try_get("email_verified")?;
+    Ok(User {
+        id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(format!("user id {id}: {e}")))?,
+        email: Email::from_trusted(row.try_get("email")?),
+        email_verified: verified != 0,
+        username: Username::from_trusted(row.try_get("username")?),
+        display_name: row.try_get("display_name")?,
+        bio: row.try_get("bio")?,
+        avatar_url: row.try_get("avatar_url")?,
+        password_hash: row.try_get("password_hash")?,
+        status: AccountStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("user {id}: status {status}")))?,
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+        updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
+    })
+}
+
+async fn fetch_one_user(
+    conn: &mut AnyConnection,
+    condition: &str,
+    value: String,
+) -> Result<Option<User>, StoreError> {
+    let sql = select_where(condition);
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(value)
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(user_from_row).transpose()
+}
+
+/// Inserts a new account; a taken email or username is [`StoreError::Conflict`].
+pub async fn insert_user(conn: &mut AnyConnection, user: &User) -> Result<(), StoreError> {
+    sqlx::query(INSERT)
+        .bind(user.id.to_string())
+        .bind(user.email.as_str().to_owned())
+        .bind(user.email.lookup_key())
+        .bind(i16::from(user.email_verified))
+        .bind(user.username.as_str().to_owned())
+        .bind(user.username.lookup_key())
+        .bind(user.display_name.clone())
+        .bind(user.bio.clone())
+        .bind(user.avatar_url.clone())
+        .bind(user.password_hash.clone())
+        .bind(user.status.as_str())
+        .bind(user.created_at.as_millis())
+        .bind(user.updated_at.as_millis())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Writes every mutable field of `user` back; a taken email or username is a conflict.
+pub async fn update_user(conn: &mut AnyConnection, user: &User) -> Result<(), StoreError> {
+    sqlx::query(UPDATE)
+        .bind(user.email.as_str().to_owned())
+        .bind(user.email.lookup_key())
+        .bind(i16::from(user.email_verified))
+        .bind(user.username.as_str().to_owned())
+        .bind(user.username.lookup_key())
+        .bind(user.display_name.clone())
+        .bind(user.bio.clone())
+        .bind(user.avatar_url.clone())
+        .bind(user.password_hash.clone())
+        .bind(user.status.as_str())
+        .bind(user.updated_at.as_millis())
+        .bind(user.id.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn user_by_id(conn: &mut AnyConnection, id: Uuid) -> Result<Option<User>, StoreError> {
+    fetch_one_user(conn, "id = ?", id.to_string()).await
+}
+
+/// Looks an account up by the lower-cased email ([`Email::lookup_key`]).
+pub async fn user_by_email(
+    conn: &mut AnyConnection,
+    email_key: &str,
+) -> Result<Option<User>, StoreError> {
+    fetch_one_user(conn, "email_lower = ?", email_key.to_owned()).await
+}
+
+/// Looks an account up by the lower-cased username.
+pub async fn user_by_username(
+    conn: &mut AnyConnection,
+    username_key: &str,
+) -> Result<Option<User>, StoreError> {
+    fetch_one_user(conn, "username_lower = ?", username_key.to_owned()).await
+}
