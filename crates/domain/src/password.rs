@@ -81,12 +81,22 @@ mod tests {
 
     #[test]
     fn the_list_is_large() {
-        assert!(COMMON_PASSWORDS.len() >= 10_000, "{}", COMMON_PASSWORDS.len());
+        assert!(
+            COMMON_PASSWORDS.len() >= 10_000,
+            "{}",
+            COMMON_PASSWORDS.len()
+        );
     }
 
     #[test]
     fn common_passwords_are_refused_in_any_case() {
-        for bad in ["password", "PASSWORD1", "12345678", "qwertyuiop", "iloveyou"] {
+        for bad in [
+            "password",
+            "PASSWORD1",
+            "12345678",
+            "qwertyuiop",
+            "iloveyou",
+        ] {
             assert!(NewPassword::parse(bad, RULES).is_err(), "{bad} accepted");
         }
     }

@@ -261,7 +261,16 @@ mod tests {
     #[test]
     fn username_rules() {
         assert!(Username::parse("ada_l-1").is_ok());
-        for bad in ["ab", &"a".repeat(33), "ada lovelace", "adä", "a.b", "Current", "ADMIN", "me"] {
+        for bad in [
+            "ab",
+            &"a".repeat(33),
+            "ada lovelace",
+            "adä",
+            "a.b",
+            "Current",
+            "ADMIN",
+            "me",
+        ] {
             assert!(Username::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(Username::parse("AdaL").unwrap().lookup_key(), "adal");
@@ -279,7 +288,11 @@ mod tests {
 
     #[test]
     fn avatar_must_be_https() {
-        assert!(AvatarUrl::parse("https://cdn.example.com/a.png").unwrap().is_some());
+        assert!(
+            AvatarUrl::parse("https://cdn.example.com/a.png")
+                .unwrap()
+                .is_some()
+        );
         for bad in [
             "http://cdn.example.com/a.png",
             "javascript:alert(1)",

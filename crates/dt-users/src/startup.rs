@@ -23,9 +23,7 @@ pub enum StartupError {
         "the database is behind this release (pending migrations: {0:?}); run `dt-users migrate` first"
     )]
     MigrationsPending(Vec<i64>),
-    #[error(
-        "the database has migrations this release does not know ({0:?}); run a newer dt-users"
-    )]
+    #[error("the database has migrations this release does not know ({0:?}); run a newer dt-users")]
     DatabaseAhead(Vec<i64>),
     #[error("database: {0}")]
     Database(#[from] dt_users_store::StoreError),
@@ -40,13 +38,19 @@ pub fn open_database(settings: &Settings) -> Result<Db, StartupError> {
     if settings.is_embedded_database() {
         std::fs::create_dir_all(&settings.data_dir)?;
     }
-    Ok(Db::connect_lazy(&settings.effective_database_url(), settings.database_max_connections)?)
+    Ok(Db::connect_lazy(
+        &settings.effective_database_url(),
+        settings.database_max_connections,
+    )?)
 }
 
 /// Builds the use-case layer: checks the schema, loads keys, connects the session store.
 /// The embedded default migrates its own SQLite file; any other database must be migrated
 /// with `dt-users migrate` first.
-pub async fn build_app(settings: Settings, clock: Arc<dyn Clock>) -> Result<Arc<App>, StartupError> {
+pub async fn build_app(
+    settings: Settings,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<App>, StartupError> {
     let db = open_database(&settings)?;
     let state = if settings.is_embedded_database() {
         db.migrate().await?
@@ -130,7 +134,10 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then drains in-flight requests.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), std::io::Error> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), std::io::Error> {
         let timeout = Duration::from_secs(self.app.settings.request_timeout.max(1));
         let router = crate::http::router(self.app.clone(), timeout);
         tracing::info!(address = %self.listener.local_addr()?, "listening");

@@ -4,8 +4,8 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
-use crate::migrations::{self, MigrationState, migrate_error};
 use crate::StoreError;
+use crate::migrations::{self, MigrationState, migrate_error};
 
 /// The SQL dialects dt-users runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

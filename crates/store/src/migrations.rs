@@ -43,11 +43,17 @@ pub(crate) fn migrator(dialect: Dialect) -> Migrator {
 /// How a database stands against the migrations this binary carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MigrationState {
-    UpToDate { version: i64 },
+    UpToDate {
+        version: i64,
+    },
     /// Migrations this binary has that the database has not applied yet.
-    Behind { pending: Vec<i64> },
+    Behind {
+        pending: Vec<i64>,
+    },
     /// The database has migrations this binary does not know (a newer release ran them).
-    Ahead { unknown: Vec<i64> },
+    Ahead {
+        unknown: Vec<i64>,
+    },
 }
 
 pub(crate) async fn state(

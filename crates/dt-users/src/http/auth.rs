@@ -1,15 +1,17 @@
 //! Registration, sign-in, token refresh and sign-out.
 
-use axum::extract::{Query, State};
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 
 use super::AppState;
 use super::extract::{ApiJson, Client, CurrentSession, JsonOrForm};
 use super::problem::{ApiError, Problem};
-use super::views::{LoginForm, LoginRequest, LogoutQuery, RefreshRequest, RegisterRequest, UserView};
+use super::views::{
+    LoginForm, LoginRequest, LogoutQuery, RefreshRequest, RegisterRequest, UserView,
+};
 use crate::service::{RegisterInput, TokenPair};
 
 /// Tokens must never be cached by a browser or proxy.
@@ -29,7 +31,10 @@ fn no_store(mut response: Response) -> Response {
         (status = 409, description = "`email_taken` or `username_taken`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_error` or `weak_password`", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn register(State(app): State<AppState>, ApiJson(body): ApiJson<RegisterRequest>) -> Result<Response, ApiError> {
+pub async fn register(
+    State(app): State<AppState>,
+    ApiJson(body): ApiJson<RegisterRequest>,
+) -> Result<Response, ApiError> {
     let user = app
         .register(RegisterInput {
             email: body.email,
@@ -83,7 +88,10 @@ pub async fn login(
         (status = 200, description = "New tokens", body = TokenPair),
         (status = 401, description = "`invalid_token` or `refresh_token_reused`", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn refresh(State(app): State<AppState>, ApiJson(body): ApiJson<RefreshRequest>) -> Result<Response, ApiError> {
+pub async fn refresh(
+    State(app): State<AppState>,
+    ApiJson(body): ApiJson<RefreshRequest>,
+) -> Result<Response, ApiError> {
     let pair = app.refresh(&body.refresh_token).await?;
     Ok(no_store(Json(pair).into_response()))
 }
@@ -102,7 +110,8 @@ pub async fn logout(
     CurrentSession(subject): CurrentSession,
     query: Result<Query<LogoutQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let Query(query) = query.map_err(|_| ApiError::validation("scope", "must be one of `local`, `others`, `global`"))?;
+    let Query(query) = query
+        .map_err(|_| ApiError::validation("scope", "must be one of `local`, `others`, `global`"))?;
     app.logout(subject, query.scope.unwrap_or_default()).await?;
     Ok(StatusCode::NO_CONTENT)
 }

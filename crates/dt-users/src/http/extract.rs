@@ -21,15 +21,15 @@ pub struct ApiJson<T>(pub T);
 
 pub fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
-        JsonRejection::MissingJsonContentType(_) => ApiError::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
-            .detail("Send the body as JSON with `Content-Type: application/json`."),
-        JsonRejection::JsonSyntaxError(e) => {
-            ApiError::for_status(StatusCode::BAD_REQUEST).detail(format!("The body is not valid JSON: {}", e.body_text()))
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+                .detail("Send the body as JSON with `Content-Type: application/json`.")
         }
+        JsonRejection::JsonSyntaxError(e) => ApiError::for_status(StatusCode::BAD_REQUEST)
+            .detail(format!("The body is not valid JSON: {}", e.body_text())),
         JsonRejection::JsonDataError(e) => ApiError::validation("body", e.body_text()),
-        JsonRejection::BytesRejection(e) => {
-            ApiError::for_status(e.status()).detail("The request body could not be read (bodies are limited to 64 KiB).")
-        }
+        JsonRejection::BytesRejection(e) => ApiError::for_status(e.status())
+            .detail("The request body could not be read (bodies are limited to 64 KiB)."),
         other => ApiError::for_status(other.status()).detail(other.body_text()),
     }
 }
@@ -67,11 +67,15 @@ impl<T: DeserializeOwned, F: DeserializeOwned, S: Send + Sync> FromRequest<S> fo
                 .await
                 .map(|axum::Form(form)| Self::Form(form))
                 .map_err(|rejection| match rejection {
-                    FormRejection::FailedToDeserializeFormBody(e) => ApiError::validation("body", e.body_text()),
+                    FormRejection::FailedToDeserializeFormBody(e) => {
+                        ApiError::validation("body", e.body_text())
+                    }
                     other => ApiError::for_status(other.status()).detail(other.body_text()),
                 })
         } else {
-            ApiJson::<T>::from_request(req, state).await.map(|ApiJson(v)| Self::Json(v))
+            ApiJson::<T>::from_request(req, state)
+                .await
+                .map(|ApiJson(v)| Self::Json(v))
         }
     }
 }
@@ -86,7 +90,9 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, ServiceError> {
         .ok_or(ServiceError::NotAuthenticated)?
         .to_str()
         .map_err(|_| ServiceError::InvalidAccessToken)?;
-    let (scheme, token) = value.split_once(' ').ok_or(ServiceError::NotAuthenticated)?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or(ServiceError::NotAuthenticated)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(ServiceError::NotAuthenticated);
     }
@@ -100,7 +106,10 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, ServiceError> {
 impl FromRequestParts<AppState> for CurrentSession {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer_token(&parts.headers)?;
         let subject = state.authenticate(token).await?;
         Ok(Self(subject))
@@ -119,7 +128,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Client {
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).chars().filter(|c| !c.is_control()).take(256).collect::<String>())
+            .map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(256)
+                    .collect::<String>()
+            })
             .filter(|ua| !ua.trim().is_empty());
         let ip = parts
             .extensions

@@ -15,9 +15,10 @@ use super::AppState;
     responses((status = 200, description = "JWK Set", body = Object)))]
 pub async fn jwks(State(app): State<AppState>) -> Response {
     let mut response = Json(app.tokens.keys().jwks().clone()).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
     response
 }
 
@@ -40,7 +41,11 @@ pub struct Check {
 impl Check {
     fn of<E: std::fmt::Display>(backend: &'static str, result: Result<(), E>) -> Self {
         match result {
-            Ok(()) => Self { status: "up", backend, error: None },
+            Ok(()) => Self {
+                status: "up",
+                backend,
+                error: None,
+            },
             Err(e) => Self {
                 status: "down",
                 backend,
@@ -69,7 +74,11 @@ pub async fn ready(State(app): State<AppState>) -> Response {
     checks.insert("database", Check::of(app.db.dialect().name(), database));
     checks.insert("sessions", Check::of(app.sessions.backend(), sessions));
     let all_up = checks.values().all(|c| c.status == "up");
-    let status = if all_up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if all_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = Health {
         status: if all_up { "ok" } else { "unavailable" },
         checks,
@@ -87,7 +96,10 @@ pub async fn ready(State(app): State<AppState>) -> Response {
 pub async fn metrics() -> Response {
     let body = crate::telemetry::render_metrics();
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
         body,
     )
         .into_response()

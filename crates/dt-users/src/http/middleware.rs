@@ -17,7 +17,9 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 fn acceptable_request_id(value: &HeaderValue) -> Option<String> {
     let text = value.to_str().ok()?;
     let ok = (1..=128).contains(&text.len())
-        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
     ok.then(|| text.to_owned())
 }
 
@@ -77,11 +79,15 @@ pub async fn problem_documents(request: Request, next: Next) -> Response {
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
-    let is_problem = response
+    // A JSON body was written on purpose (a problem document, or a health report).
+    let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if is_problem {
+        .is_some_and(|v| {
+            v.as_bytes().starts_with(PROBLEM_JSON.as_bytes())
+                || v.as_bytes().starts_with(b"application/json")
+        });
+    if is_json {
         return response;
     }
     let (parts, _body) = response.into_parts();
@@ -91,10 +97,11 @@ pub async fn problem_documents(request: Request, next: Next) -> Response {
             rebuilt.headers_mut().insert(name, value.clone());
         }
     }
-    if status.is_server_error() && status != axum::http::StatusCode::SERVICE_UNAVAILABLE {
-        if let Some(log) = rebuilt.extensions_mut().get_mut::<ProblemLog>() {
-            log.cause = Some(format!("the framework answered {status}"));
-        }
+    if status.is_server_error()
+        && status != axum::http::StatusCode::SERVICE_UNAVAILABLE
+        && let Some(log) = rebuilt.extensions_mut().get_mut::<ProblemLog>()
+    {
+        log.cause = Some(format!("the framework answered {status}"));
     }
     rebuilt
 }
@@ -108,7 +115,8 @@ pub async fn not_found() -> Response {
 
 /// The body of a caught panic: a generic 500, the cause logged.
 pub fn panic_response(_err: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {
-    let mut response = ApiError::for_status(axum::http::StatusCode::INTERNAL_SERVER_ERROR).into_response();
+    let mut response =
+        ApiError::for_status(axum::http::StatusCode::INTERNAL_SERVER_ERROR).into_response();
     if let Some(log) = response.extensions_mut().get_mut::<ProblemLog>() {
         log.cause = Some("a handler panicked".into());
     }

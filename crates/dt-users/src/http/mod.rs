@@ -19,7 +19,9 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
-use utoipa::openapi::security::{Flow, HttpAuthScheme, HttpBuilder, OAuth2, Password, Scopes, SecurityScheme};
+use utoipa::openapi::security::{
+    Flow, HttpAuthScheme, HttpBuilder, OAuth2, Password, Scopes, SecurityScheme,
+};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -48,11 +50,19 @@ impl Modify for SecuritySchemes {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
         );
         components.add_security_scheme(
             "password",
-            SecurityScheme::OAuth2(OAuth2::new([Flow::Password(Password::new("/api/v1/auth/login", Scopes::new()))])),
+            SecurityScheme::OAuth2(OAuth2::new([Flow::Password(Password::new(
+                "/api/v1/auth/login",
+                Scopes::new(),
+            ))])),
         );
     }
 }
@@ -105,7 +115,10 @@ pub fn router(app: Arc<App>, request_timeout: Duration) -> Router {
                 .layer(axum::middleware::from_fn(middleware::observe))
                 .layer(axum::middleware::from_fn(middleware::problem_documents))
                 .layer(CatchPanicLayer::custom(middleware::panic_response))
-                .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, request_timeout))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    request_timeout,
+                ))
                 .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
                 .layer(DefaultBodyLimit::max(BODY_LIMIT)),
         )

@@ -98,9 +98,13 @@ impl ApiError {
     }
 
     pub fn validation(field: &str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_error", "The request is invalid")
-            .detail("One or more fields are invalid.")
-            .field_errors(vec![FieldError::new(field, message)])
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+            "The request is invalid",
+        )
+        .detail("One or more fields are invalid.")
+        .field_errors(vec![FieldError::new(field, message)])
     }
 
     /// The generic problem for a status the framework produced on its own.
@@ -112,7 +116,9 @@ impl ApiError {
             StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "Method not allowed"),
             StatusCode::REQUEST_TIMEOUT => ("request_timeout", "The request took too long"),
             StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "The request body is too large"),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "Unsupported content type"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                ("unsupported_media_type", "Unsupported content type")
+            }
             StatusCode::UNPROCESSABLE_ENTITY => ("validation_error", "The request is invalid"),
             StatusCode::TOO_MANY_REQUESTS => ("rate_limited", "Too many requests"),
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
@@ -132,45 +138,87 @@ impl From<ServiceError> for ApiError {
         use StatusCode as S;
         const INVALID_TOKEN: Option<&str> = Some("invalid_token");
         match err {
-            ServiceError::Validation(errors) => Self::new(S::UNPROCESSABLE_ENTITY, "validation_error", "The request is invalid")
-                .detail("One or more fields are invalid.")
-                .field_errors(errors),
-            ServiceError::WeakPassword(errors) => Self::new(S::UNPROCESSABLE_ENTITY, "weak_password", "The password is too weak")
-                .detail("The password does not meet the password policy.")
-                .field_errors(errors),
-            ServiceError::EmailTaken => Self::new(S::CONFLICT, "email_taken", "Email already registered")
-                .detail("An account with this email already exists."),
-            ServiceError::UsernameTaken => Self::new(S::CONFLICT, "username_taken", "Username taken")
-                .detail("This username is already in use."),
-            ServiceError::InvalidCredentials => Self::new(S::UNAUTHORIZED, "invalid_credentials", "Invalid credentials")
-                .detail("The email or password is wrong.")
-                .bearer(None),
-            ServiceError::WrongCurrentPassword => Self::new(S::FORBIDDEN, "invalid_credentials", "Invalid credentials")
-                .detail("The current password is wrong."),
-            ServiceError::NotAuthenticated => Self::new(S::UNAUTHORIZED, "not_authenticated", "Authentication is required")
-                .detail("Send an access token as `Authorization: Bearer <token>`.")
-                .bearer(None),
-            ServiceError::InvalidAccessToken => Self::new(S::UNAUTHORIZED, "invalid_token", "Invalid token")
-                .detail("The access token is malformed or not valid for this service.")
-                .bearer(INVALID_TOKEN),
-            ServiceError::AccessTokenExpired => Self::new(S::UNAUTHORIZED, "token_expired", "Token expired")
-                .detail("The access token has expired; refresh it.")
-                .bearer(INVALID_TOKEN),
-            ServiceError::SessionRevoked => Self::new(S::UNAUTHORIZED, "session_revoked", "Session ended")
-                .detail("The session of this token has ended; sign in again.")
-                .bearer(INVALID_TOKEN),
-            ServiceError::InvalidRefreshToken => Self::new(S::UNAUTHORIZED, "invalid_token", "Invalid token")
-                .detail("The refresh token is unknown, expired or already used.")
-                .bearer(INVALID_TOKEN),
-            ServiceError::RefreshTokenReused => Self::new(S::UNAUTHORIZED, "refresh_token_reused", "Refresh token reused")
-                .detail("This refresh token was already used; its session has been ended. Sign in again.")
-                .bearer(INVALID_TOKEN),
+            ServiceError::Validation(errors) => Self::new(
+                S::UNPROCESSABLE_ENTITY,
+                "validation_error",
+                "The request is invalid",
+            )
+            .detail("One or more fields are invalid.")
+            .field_errors(errors),
+            ServiceError::WeakPassword(errors) => Self::new(
+                S::UNPROCESSABLE_ENTITY,
+                "weak_password",
+                "The password is too weak",
+            )
+            .detail("The password does not meet the password policy.")
+            .field_errors(errors),
+            ServiceError::EmailTaken => {
+                Self::new(S::CONFLICT, "email_taken", "Email already registered")
+                    .detail("An account with this email already exists.")
+            }
+            ServiceError::UsernameTaken => {
+                Self::new(S::CONFLICT, "username_taken", "Username taken")
+                    .detail("This username is already in use.")
+            }
+            ServiceError::InvalidCredentials => Self::new(
+                S::UNAUTHORIZED,
+                "invalid_credentials",
+                "Invalid credentials",
+            )
+            .detail("The email or password is wrong.")
+            .bearer(None),
+            ServiceError::WrongCurrentPassword => {
+                Self::new(S::FORBIDDEN, "invalid_credentials", "Invalid credentials")
+                    .detail("The current password is wrong.")
+            }
+            ServiceError::NotAuthenticated => Self::new(
+                S::UNAUTHORIZED,
+                "not_authenticated",
+                "Authentication is required",
+            )
+            .detail("Send an access token as `Authorization: Bearer <token>`.")
+            .bearer(None),
+            ServiceError::InvalidAccessToken => {
+                Self::new(S::UNAUTHORIZED, "invalid_token", "Invalid token")
+                    .detail("The access token is malformed or not valid for this service.")
+                    .bearer(INVALID_TOKEN)
+            }
+            ServiceError::AccessTokenExpired => {
+                Self::new(S::UNAUTHORIZED, "token_expired", "Token expired")
+                    .detail("The access token has expired; refresh it.")
+                    .bearer(INVALID_TOKEN)
+            }
+            ServiceError::SessionRevoked => {
+                Self::new(S::UNAUTHORIZED, "session_revoked", "Session ended")
+                    .detail("The session of this token has ended; sign in again.")
+                    .bearer(INVALID_TOKEN)
+            }
+            ServiceError::InvalidRefreshToken => {
+                Self::new(S::UNAUTHORIZED, "invalid_token", "Invalid token")
+                    .detail("The refresh token is unknown, expired or already used.")
+                    .bearer(INVALID_TOKEN)
+            }
+            ServiceError::RefreshTokenReused => Self::new(
+                S::UNAUTHORIZED,
+                "refresh_token_reused",
+                "Refresh token reused",
+            )
+            .detail(
+                "This refresh token was already used; its session has been ended. Sign in again.",
+            )
+            .bearer(INVALID_TOKEN),
             ServiceError::NotFound => Self::new(S::NOT_FOUND, "not_found", "Not found"),
-            ServiceError::Unavailable(cause) => Self::new(S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
-                .detail("A dependency is unavailable; try again shortly.")
-                .cause(cause),
-            ServiceError::Internal(cause) => Self::new(S::INTERNAL_SERVER_ERROR, "internal_error", "Internal server error")
-                .cause(cause),
+            ServiceError::Unavailable(cause) => {
+                Self::new(S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
+                    .detail("A dependency is unavailable; try again shortly.")
+                    .cause(cause)
+            }
+            ServiceError::Internal(cause) => Self::new(
+                S::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "Internal server error",
+            )
+            .cause(cause),
         }
     }
 }

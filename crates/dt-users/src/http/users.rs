@@ -18,7 +18,10 @@ use crate::service::ServiceError;
         (status = 200, body = UserView),
         (status = 401, body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn current(State(app): State<AppState>, CurrentSession(subject): CurrentSession) -> Result<Json<UserView>, ApiError> {
+pub async fn current(
+    State(app): State<AppState>,
+    CurrentSession(subject): CurrentSession,
+) -> Result<Json<UserView>, ApiError> {
     let user = app.current_user(subject).await?;
     Ok(Json(UserView::from(&user)))
 }
@@ -55,7 +58,12 @@ pub async fn sessions(
     CurrentSession(subject): CurrentSession,
 ) -> Result<Json<Vec<SessionView>>, ApiError> {
     let sessions = app.list_sessions(subject).await?;
-    Ok(Json(sessions.iter().map(|s| SessionView::new(s, subject.session_id)).collect()))
+    Ok(Json(
+        sessions
+            .iter()
+            .map(|s| SessionView::new(s, subject.session_id))
+            .collect(),
+    ))
 }
 
 /// End one of the signed-in user's sessions; its tokens are refused at once.
@@ -84,7 +92,10 @@ pub async fn end_session(
         (status = 200, body = PublicUserView),
         (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn public_profile(State(app): State<AppState>, Path(username): Path<String>) -> Result<Json<PublicUserView>, ApiError> {
+pub async fn public_profile(
+    State(app): State<AppState>,
+    Path(username): Path<String>,
+) -> Result<Json<PublicUserView>, ApiError> {
     let user = app.public_profile(&username).await?;
     Ok(Json(PublicUserView::from(&user)))
 }

@@ -74,7 +74,11 @@ impl AccessTokens {
         self.ttl_secs
     }
 
-    pub fn issue(&self, subject: TokenSubject, now: Timestamp) -> Result<String, jsonwebtoken::errors::Error> {
+    pub fn issue(
+        &self,
+        subject: TokenSubject,
+        now: Timestamp,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some(TOKEN_TYPE.to_owned());
         header.kid = Some(self.keys.signing_kid().to_owned());
@@ -95,10 +99,9 @@ impl AccessTokens {
     /// ever taken from the configured set: `jku`, `jwk` and `x5u` headers are refused.
     pub fn verify(&self, token: &str, now: Timestamp) -> Result<TokenSubject, AccessTokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AccessTokenError::Invalid)?;
-        let typ_ok = header
-            .typ
-            .as_deref()
-            .is_some_and(|t| t.eq_ignore_ascii_case(TOKEN_TYPE) || t.eq_ignore_ascii_case("application/at+jwt"));
+        let typ_ok = header.typ.as_deref().is_some_and(|t| {
+            t.eq_ignore_ascii_case(TOKEN_TYPE) || t.eq_ignore_ascii_case("application/at+jwt")
+        });
         if header.alg != Algorithm::EdDSA
             || !typ_ok
             || header.jku.is_some()

@@ -16,7 +16,9 @@ use crate::config::Settings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("no signing key is configured: set DT_USERS_SIGNING_KEYS or DT_USERS_SIGNING_KEYS_FILE")]
+    #[error(
+        "no signing key is configured: set DT_USERS_SIGNING_KEYS or DT_USERS_SIGNING_KEYS_FILE"
+    )]
     Missing,
     #[error("signing keys: {0}")]
     Invalid(String),
@@ -83,8 +85,9 @@ impl SigningKeys {
         let mut verifying = HashMap::new();
         let mut jwks = Vec::new();
         for block in blocks.iter().filter(|b| b.tag() == "PRIVATE KEY") {
-            let pair = Ed25519KeyPair::from_pkcs8(block.contents())
-                .map_err(|_| KeyError::Invalid("a key is not a PKCS#8 Ed25519 private key".into()))?;
+            let pair = Ed25519KeyPair::from_pkcs8(block.contents()).map_err(|_| {
+                KeyError::Invalid("a key is not a PKCS#8 Ed25519 private key".into())
+            })?;
             let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
             let kid = thumbprint(&x);
             let decoding = DecodingKey::from_ed_components(&x)
@@ -95,9 +98,9 @@ impl SigningKeys {
             if signing.is_none() {
                 signing = Some((kid.clone(), EncodingKey::from_ed_der(block.contents())));
             }
-            if !verifying.contains_key(&kid) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = verifying.entry(kid) {
                 jwks.push(jwk.clone());
-                verifying.insert(kid, PublicKey { jwk, decoding });
+                slot.insert(PublicKey { jwk, decoding });
             }
         }
         let (signing_kid, encoding) = signing.ok_or_else(|| {

@@ -3,7 +3,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use argon2::{ARGON2ID_IDENT, Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
+use argon2::{
+    ARGON2ID_IDENT, Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier,
+    Version,
+};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 
@@ -92,11 +95,16 @@ impl PasswordHasherPool {
 
     /// Hashes a (normalized) password with the configured parameters.
     pub async fn hash(&self, password: SecretString) -> Result<String, HashError> {
-        self.run(move |params| hash_blocking(&params, &password)).await
+        self.run(move |params| hash_blocking(&params, &password))
+            .await
     }
 
     /// Verifies a password; a stored hash that cannot be parsed never verifies.
-    pub async fn verify(&self, password: SecretString, stored: String) -> Result<Verified, HashError> {
+    pub async fn verify(
+        &self,
+        password: SecretString,
+        stored: String,
+    ) -> Result<Verified, HashError> {
         self.run(move |params| Ok(verify_blocking(&params, &password, &stored)))
             .await
     }
@@ -136,9 +144,15 @@ fn verify_blocking(params: &Params, password: &SecretString, stored: &str) -> Ve
     }
     let current = parsed.algorithm.as_str() == ARGON2ID_IDENT.as_str()
         && Params::try_from(&parsed).is_ok_and(|p| {
-            p.m_cost() == params.m_cost() && p.t_cost() == params.t_cost() && p.p_cost() == params.p_cost()
+            p.m_cost() == params.m_cost()
+                && p.t_cost() == params.t_cost()
+                && p.p_cost() == params.p_cost()
         });
-    if current { Verified::Yes } else { Verified::YesRehash }
+    if current {
+        Verified::Yes
+    } else {
+        Verified::YesRehash
+    }
 }
 
 #[cfg(test)]
@@ -154,11 +168,34 @@ mod tests {
         let old = pool(1024);
         let hash = old.hash(SecretString::from("correct horse")).await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        assert_eq!(old.verify(SecretString::from("correct horse"), hash.clone()).await.unwrap(), Verified::Yes);
-        assert_eq!(old.verify(SecretString::from("wrong horse"), hash.clone()).await.unwrap(), Verified::No);
+        assert_eq!(
+            old.verify(SecretString::from("correct horse"), hash.clone())
+                .await
+                .unwrap(),
+            Verified::Yes
+        );
+        assert_eq!(
+            old.verify(SecretString::from("wrong horse"), hash.clone())
+                .await
+                .unwrap(),
+            Verified::No
+        );
         let new = pool(2048);
-        assert_eq!(new.verify(SecretString::from("correct horse"), hash).await.unwrap(), Verified::YesRehash);
-        assert_eq!(new.verify(SecretString::from("x"), "garbage".into()).await.unwrap(), Verified::No);
-        assert_eq!(new.verify_dummy(SecretString::from("x")).await.unwrap(), Verified::No);
+        assert_eq!(
+            new.verify(SecretString::from("correct horse"), hash)
+                .await
+                .unwrap(),
+            Verified::YesRehash
+        );
+        assert_eq!(
+            new.verify(SecretString::from("x"), "garbage".into())
+                .await
+                .unwrap(),
+            Verified::No
+        );
+        assert_eq!(
+            new.verify_dummy(SecretString::from("x")).await.unwrap(),
+            Verified::No
+        );
     }
 }

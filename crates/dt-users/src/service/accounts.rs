@@ -59,10 +59,16 @@ impl App {
         // Refuse known duplicates before spending a password hash on them; the unique keys
         // still decide races.
         let mut conn = self.db.pool().acquire().await?;
-        if store::user_by_email(&mut conn, &email.lookup_key()).await?.is_some() {
+        if store::user_by_email(&mut conn, &email.lookup_key())
+            .await?
+            .is_some()
+        {
             return Err(ServiceError::EmailTaken);
         }
-        if store::user_by_username(&mut conn, &username.lookup_key()).await?.is_some() {
+        if store::user_by_username(&mut conn, &username.lookup_key())
+            .await?
+            .is_some()
+        {
             return Err(ServiceError::UsernameTaken);
         }
         drop(conn);

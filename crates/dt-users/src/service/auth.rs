@@ -43,7 +43,11 @@ pub enum LogoutScope {
 /// A refresh token names its user (`dtr_<user id>.<secret>`) so that all of a user's session
 /// keys can live together (one Redis slot); only its hash is stored.
 fn new_refresh_token(user_id: Uuid) -> String {
-    format!("{REFRESH_PREFIX}{}.{}", user_id.simple(), random_urlsafe(32))
+    format!(
+        "{REFRESH_PREFIX}{}.{}",
+        user_id.simple(),
+        random_urlsafe(32)
+    )
 }
 
 fn refresh_token_user(token: &str) -> Option<Uuid> {
@@ -80,7 +84,12 @@ impl App {
     /// Signs in with email and password. An unknown email costs one (dummy) verification,
     /// as a wrong password does, and gets the same answer.
     #[tracing::instrument(skip_all)]
-    pub async fn login(&self, email: &str, password: &str, client: ClientInfo) -> Result<TokenPair, ServiceError> {
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        client: ClientInfo,
+    ) -> Result<TokenPair, ServiceError> {
         let password = normalize_password(password);
         let mut conn = self.db.pool().acquire().await?;
         let user = store::user_by_email(&mut conn, &Email::lookup_key_of(email)).await?;
@@ -89,7 +98,10 @@ impl App {
             self.hasher.verify_dummy(password).await?;
             return Err(ServiceError::InvalidCredentials);
         };
-        let verified = self.hasher.verify(password.clone(), user.password_hash.clone()).await?;
+        let verified = self
+            .hasher
+            .verify(password.clone(), user.password_hash.clone())
+            .await?;
         if verified == Verified::No {
             return Err(ServiceError::InvalidCredentials);
         }
@@ -114,7 +126,9 @@ impl App {
             ip: client.ip,
         };
         let refresh_token = new_refresh_token(user.id);
-        self.sessions.create(&session, &hash_secret(&refresh_token)).await?;
+        self.sessions
+            .create(&session, &hash_secret(&refresh_token))
+            .await?;
         tracing::info!(user_id = %user.id, session_id = %session.id, "signed in");
         let subject = TokenSubject {
             user_id: user.id,
@@ -130,14 +144,27 @@ impl App {
         let user_id = refresh_token_user(refresh_token).ok_or(ServiceError::InvalidRefreshToken)?;
         let now = self.now();
         let new_token = new_refresh_token(user_id);
-        let grace_ms = i64::try_from(self.settings.refresh_reuse_grace.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let grace_ms = i64::try_from(self.settings.refresh_reuse_grace.saturating_mul(1000))
+            .unwrap_or(i64::MAX);
         let rotation = self
             .sessions
-            .rotate(user_id, &hash_secret(refresh_token), &hash_secret(&new_token), now, grace_ms)
+            .rotate(
+                user_id,
+                &hash_secret(refresh_token),
+                &hash_secret(&new_token),
+                now,
+                grace_ms,
+            )
             .await?;
         match rotation {
-            Rotation::Rotated { session_id, expires_at } => {
-                let subject = TokenSubject { user_id, session_id };
+            Rotation::Rotated {
+                session_id,
+                expires_at,
+            } => {
+                let subject = TokenSubject {
+                    user_id,
+                    session_id,
+                };
                 self.token_pair(subject, new_token, expires_at, now)
             }
             Rotation::WithinGrace | Rotation::Invalid => Err(ServiceError::InvalidRefreshToken),
@@ -155,7 +182,11 @@ impl App {
             AccessTokenError::Invalid => ServiceError::InvalidAccessToken,
             AccessTokenError::Expired => ServiceError::AccessTokenExpired,
         })?;
-        if self.sessions.check(subject.user_id, subject.session_id, now).await? {
+        if self
+            .sessions
+            .check(subject.user_id, subject.session_id, now)
+            .await?
+        {
             Ok(subject)
         } else {
             Err(ServiceError::SessionRevoked)
@@ -163,13 +194,23 @@ impl App {
     }
 
     #[tracing::instrument(skip_all, fields(scope = ?scope))]
-    pub async fn logout(&self, subject: TokenSubject, scope: LogoutScope) -> Result<(), ServiceError> {
+    pub async fn logout(
+        &self,
+        subject: TokenSubject,
+        scope: LogoutScope,
+    ) -> Result<(), ServiceError> {
         let ended = match scope {
             LogoutScope::Local => {
-                self.sessions.revoke(subject.user_id, subject.session_id).await?;
+                self.sessions
+                    .revoke(subject.user_id, subject.session_id)
+                    .await?;
                 vec![subject.session_id]
             }
-            LogoutScope::Others => self.sessions.revoke_all(subject.user_id, Some(subject.session_id)).await?,
+            LogoutScope::Others => {
+                self.sessions
+                    .revoke_all(subject.user_id, Some(subject.session_id))
+                    .await?
+            }
             LogoutScope::Global => self.sessions.revoke_all(subject.user_id, None).await?,
         };
         tracing::info!(user_id = %subject.user_id, sessions = ended.len(), "signed out");
@@ -180,7 +221,11 @@ impl App {
         Ok(self.sessions.list(subject.user_id, self.now()).await?)
     }
 
-    pub async fn end_session(&self, subject: TokenSubject, session_id: Uuid) -> Result<(), ServiceError> {
+    pub async fn end_session(
+        &self,
+        subject: TokenSubject,
+        session_id: Uuid,
+    ) -> Result<(), ServiceError> {
         if self.sessions.revoke(subject.user_id, session_id).await? {
             tracing::info!(user_id = %subject.user_id, %session_id, "session ended");
             Ok(())

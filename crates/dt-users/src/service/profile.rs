@@ -1,6 +1,6 @@
 use dt_users_domain::{
-    AvatarUrl, Bio, DisplayName, Email, FieldError, FieldErrors, NewPassword, PasswordRules,
-    User, Username, normalize_password,
+    AvatarUrl, Bio, DisplayName, Email, FieldError, FieldErrors, NewPassword, PasswordRules, User,
+    Username, normalize_password,
 };
 use dt_users_store as store;
 
@@ -42,17 +42,36 @@ impl App {
     /// Changes the caller's profile. A new email or password needs the current password; a
     /// new password ends every other session, a new email is unverified.
     #[tracing::instrument(skip_all, fields(user_id = %subject.user_id))]
-    pub async fn update_profile(&self, subject: TokenSubject, patch: ProfilePatch) -> Result<User, ServiceError> {
+    pub async fn update_profile(
+        &self,
+        subject: TokenSubject,
+        patch: ProfilePatch,
+    ) -> Result<User, ServiceError> {
         let mut user = self.current_user(subject).await?;
         let mut errors = FieldErrors::new();
         let username = patch
             .username
             .as_deref()
             .and_then(|u| errors.check("username", Username::parse(u)));
-        let email = patch.email.as_deref().and_then(|e| errors.check("email", Email::parse(e)));
-        let display_name = parse_optional(&mut errors, "display_name", patch.display_name, DisplayName::parse, DisplayName::as_str);
+        let email = patch
+            .email
+            .as_deref()
+            .and_then(|e| errors.check("email", Email::parse(e)));
+        let display_name = parse_optional(
+            &mut errors,
+            "display_name",
+            patch.display_name,
+            DisplayName::parse,
+            DisplayName::as_str,
+        );
         let bio = parse_optional(&mut errors, "bio", patch.bio, Bio::parse, Bio::as_str);
-        let avatar_url = parse_optional(&mut errors, "avatar_url", patch.avatar_url, AvatarUrl::parse, AvatarUrl::as_str);
+        let avatar_url = parse_optional(
+            &mut errors,
+            "avatar_url",
+            patch.avatar_url,
+            AvatarUrl::parse,
+            AvatarUrl::as_str,
+        );
         let new_password = patch.new_password.as_deref().and_then(|p| {
             let rules = PasswordRules {
                 email: email.as_ref().unwrap_or(&user.email).as_str(),
@@ -117,8 +136,14 @@ impl App {
         let mut tx = self.db.pool().begin().await?;
         store::update_user(&mut tx, &user).await?;
         if password_changed {
-            let ended = self.sessions.revoke_all(user.id, Some(subject.session_id)).await?;
-            tracing::info!(sessions = ended.len(), "password changed; other sessions ended");
+            let ended = self
+                .sessions
+                .revoke_all(user.id, Some(subject.session_id))
+                .await?;
+            tracing::info!(
+                sessions = ended.len(),
+                "password changed; other sessions ended"
+            );
         }
         tx.commit().await?;
         Ok(user)

@@ -46,7 +46,8 @@ impl State {
             self.remove(user_id, session_id);
         }
         let sessions = &self.sessions;
-        self.refresh.retain(|_, r| sessions.contains_key(&r.session_id));
+        self.refresh
+            .retain(|_, r| sessions.contains_key(&r.session_id));
         self.by_user.retain(|_, set| !set.is_empty());
     }
 }
@@ -59,14 +60,24 @@ impl MemorySessions {
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the maps half-updated in a way that
         // matters more than losing the process, so a poisoned lock is simply taken over.
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn create(&self, session: &Session, refresh_hash: &str) -> Result<(), super::SessionStoreError> {
+    pub fn create(
+        &self,
+        session: &Session,
+        refresh_hash: &str,
+    ) -> Result<(), super::SessionStoreError> {
         let mut state = self.state();
         state.sweep(session.created_at);
         state.sessions.insert(session.id, session.clone());
-        state.by_user.entry(session.user_id).or_default().insert(session.id);
+        state
+            .by_user
+            .entry(session.user_id)
+            .or_default()
+            .insert(session.id);
         state.refresh.insert(
             refresh_hash.to_owned(),
             RefreshRecord {
@@ -78,7 +89,12 @@ impl MemorySessions {
         Ok(())
     }
 
-    pub fn check(&self, user_id: Uuid, session_id: Uuid, now: Timestamp) -> Result<bool, super::SessionStoreError> {
+    pub fn check(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        now: Timestamp,
+    ) -> Result<bool, super::SessionStoreError> {
         let mut state = self.state();
         if !state.live(user_id, session_id, now) {
             return Ok(false);
@@ -136,7 +152,11 @@ impl MemorySessions {
         }
     }
 
-    pub fn revoke(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, super::SessionStoreError> {
+    pub fn revoke(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+    ) -> Result<bool, super::SessionStoreError> {
         let mut state = self.state();
         let owned = state
             .sessions
@@ -145,12 +165,21 @@ impl MemorySessions {
         Ok(owned && state.remove(user_id, session_id))
     }
 
-    pub fn revoke_all(&self, user_id: Uuid, except: Option<Uuid>) -> Result<Vec<Uuid>, super::SessionStoreError> {
+    pub fn revoke_all(
+        &self,
+        user_id: Uuid,
+        except: Option<Uuid>,
+    ) -> Result<Vec<Uuid>, super::SessionStoreError> {
         let mut state = self.state();
         let ids: Vec<Uuid> = state
             .by_user
             .get(&user_id)
-            .map(|set| set.iter().copied().filter(|id| Some(*id) != except).collect())
+            .map(|set| {
+                set.iter()
+                    .copied()
+                    .filter(|id| Some(*id) != except)
+                    .collect()
+            })
             .unwrap_or_default();
         for id in &ids {
             state.remove(user_id, *id);

@@ -27,7 +27,10 @@ pub struct Session {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rotation {
     /// The token was current; it is now dead and `new_hash` is the session's refresh token.
-    Rotated { session_id: Uuid, expires_at: Timestamp },
+    Rotated {
+        session_id: Uuid,
+        expires_at: Timestamp,
+    },
     /// The token was rotated moments ago (within the grace window): refused, session kept.
     WithinGrace,
     /// The token was rotated earlier: the whole session has been revoked.
@@ -60,7 +63,11 @@ impl SessionStore {
     }
 
     /// Stores a new session with its first refresh token (by hash).
-    pub async fn create(&self, session: &Session, refresh_hash: &str) -> Result<(), SessionStoreError> {
+    pub async fn create(
+        &self,
+        session: &Session,
+        refresh_hash: &str,
+    ) -> Result<(), SessionStoreError> {
         match self {
             Self::Redis(s) => s.create(session, refresh_hash).await,
             Self::Memory(s) => s.create(session, refresh_hash),
@@ -68,7 +75,12 @@ impl SessionStore {
     }
 
     /// True when the session exists, belongs to `user_id` and has not expired; records use.
-    pub async fn check(&self, user_id: Uuid, session_id: Uuid, now: Timestamp) -> Result<bool, SessionStoreError> {
+    pub async fn check(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        now: Timestamp,
+    ) -> Result<bool, SessionStoreError> {
         match self {
             Self::Redis(s) => s.check(user_id, session_id, now).await,
             Self::Memory(s) => s.check(user_id, session_id, now),
@@ -100,7 +112,11 @@ impl SessionStore {
     }
 
     /// Ends every session of `user_id` but `except`; returns the ended sessions.
-    pub async fn revoke_all(&self, user_id: Uuid, except: Option<Uuid>) -> Result<Vec<Uuid>, SessionStoreError> {
+    pub async fn revoke_all(
+        &self,
+        user_id: Uuid,
+        except: Option<Uuid>,
+    ) -> Result<Vec<Uuid>, SessionStoreError> {
         match self {
             Self::Redis(s) => s.revoke_all(user_id, except).await,
             Self::Memory(s) => s.revoke_all(user_id, except),
@@ -108,7 +124,11 @@ impl SessionStore {
     }
 
     /// The live sessions of `user_id`, newest first.
-    pub async fn list(&self, user_id: Uuid, now: Timestamp) -> Result<Vec<Session>, SessionStoreError> {
+    pub async fn list(
+        &self,
+        user_id: Uuid,
+        now: Timestamp,
+    ) -> Result<Vec<Session>, SessionStoreError> {
         let mut sessions = match self {
             Self::Redis(s) => s.list(user_id, now).await?,
             Self::Memory(s) => s.list(user_id, now),

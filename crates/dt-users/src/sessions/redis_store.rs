@@ -105,7 +105,9 @@ pub struct RedisSessions {
 
 impl std::fmt::Debug for RedisSessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisSessions").field("prefix", &self.prefix).finish_non_exhaustive()
+        f.debug_struct("RedisSessions")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -167,7 +169,11 @@ impl RedisSessions {
         format!("{}:refresh:{hash}", self.tag(user_id))
     }
 
-    pub async fn create(&self, session: &Session, refresh_hash: &str) -> Result<(), SessionStoreError> {
+    pub async fn create(
+        &self,
+        session: &Session,
+        refresh_hash: &str,
+    ) -> Result<(), SessionStoreError> {
         let ttl = (session.expires_at.as_millis() - session.created_at.as_millis()).max(1);
         let mut conn = self.conn().await?;
         let _: i64 = self
@@ -189,7 +195,12 @@ impl RedisSessions {
         Ok(())
     }
 
-    pub async fn check(&self, user_id: Uuid, session_id: Uuid, now: Timestamp) -> Result<bool, SessionStoreError> {
+    pub async fn check(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        now: Timestamp,
+    ) -> Result<bool, SessionStoreError> {
         let mut conn = self.conn().await?;
         let live: i64 = self
             .scripts
@@ -234,7 +245,10 @@ impl RedisSessions {
                     .and_then(|s| s.parse().ok())
                     .map(Timestamp::from_millis)
                     .ok_or_else(corrupt)?;
-                Ok(Rotation::Rotated { session_id, expires_at })
+                Ok(Rotation::Rotated {
+                    session_id,
+                    expires_at,
+                })
             }
             Some("grace") => Ok(Rotation::WithinGrace),
             Some("reused") => Ok(Rotation::Reused {
@@ -260,7 +274,11 @@ impl RedisSessions {
         Ok(ended == 1)
     }
 
-    pub async fn revoke_all(&self, user_id: Uuid, except: Option<Uuid>) -> Result<Vec<Uuid>, SessionStoreError> {
+    pub async fn revoke_all(
+        &self,
+        user_id: Uuid,
+        except: Option<Uuid>,
+    ) -> Result<Vec<Uuid>, SessionStoreError> {
         let mut conn = self.conn().await?;
         let ended: Vec<String> = self
             .scripts
@@ -271,10 +289,17 @@ impl RedisSessions {
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(ended.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect())
+        Ok(ended
+            .iter()
+            .filter_map(|s| Uuid::parse_str(s).ok())
+            .collect())
     }
 
-    pub async fn list(&self, user_id: Uuid, now: Timestamp) -> Result<Vec<Session>, SessionStoreError> {
+    pub async fn list(
+        &self,
+        user_id: Uuid,
+        now: Timestamp,
+    ) -> Result<Vec<Session>, SessionStoreError> {
         let mut conn = self.conn().await?;
         let flat: Vec<String> = self
             .scripts
@@ -306,7 +331,10 @@ impl RedisSessions {
 
     pub async fn ping(&self) -> Result<(), SessionStoreError> {
         let mut conn = self.conn().await?;
-        let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(unavailable)?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 }

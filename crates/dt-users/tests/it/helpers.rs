@@ -1,0 +1,318 @@
+//! A running dt-users per test: its own MariaDB database, its own Redis key prefix, a clock
+//! the test moves, and an HTTP client. Everything is removed when the `TestApp` drops.
+
+use std::sync::{Arc, LazyLock};
+
+use dt_users::config::Settings;
+use dt_users::domain::ManualClock;
+use dt_users::security::keys::generate_pem;
+use dt_users::service::App;
+use dt_users::startup::Application;
+use reqwest::{Response, StatusCode};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tokio::sync::oneshot;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub fn mysql_server_url() -> String {
+    std::env::var("DT_USERS_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("DT_USERS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// One signing key for the whole test binary.
+pub static SIGNING_KEY: LazyLock<String> = LazyLock::new(|| generate_pem().unwrap());
+
+/// A fresh, empty database; dropped by [`drop_database`].
+pub async fn create_database() -> (String, String) {
+    sqlx::any::install_default_drivers();
+    let name = format!("dtu_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::AnyConnection::connect(&mysql_server_url())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE `{name}` CHARACTER SET utf8mb4"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let url = format!("{}/{name}", mysql_server_url());
+    (name, url)
+}
+
+pub async fn drop_database(name: &str) {
+    if let Ok(mut conn) = sqlx::AnyConnection::connect(&mysql_server_url()).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS `{name}`"
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}
+
+pub async fn delete_redis_prefix(prefix: &str) {
+    let Ok(client) = redis::Client::open(redis_url()) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+    }
+}
+
+/// Settings for a test app against real MariaDB and Redis. Argon2 is made cheap: the code
+/// path is the same, the suite is faster.
+pub fn test_settings(database_url: &str, prefix: &str) -> Settings {
+    Settings {
+        database_url: Some(database_url.to_owned()),
+        redis_url: Some(redis_url()),
+        redis_key_prefix: prefix.to_owned(),
+        signing_keys: Some(SecretString::from(SIGNING_KEY.clone())),
+        argon2_memory_kib: 1024,
+        argon2_iterations: 1,
+        ..Settings::default()
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub clock: ManualClock,
+    pub app: Arc<App>,
+    pub db_name: String,
+    pub redis_prefix: String,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Spawns with settings adjusted by `adjust` (after the test defaults are set).
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> Self {
+        let (db_name, db_url) = create_database().await;
+        let redis_prefix = format!("dtu-test:{}", uuid::Uuid::new_v4().simple());
+        let mut settings = test_settings(&db_url, &redis_prefix);
+        adjust(&mut settings);
+        dt_users::startup::open_database(&settings)
+            .unwrap()
+            .migrate()
+            .await
+            .unwrap();
+        let clock = ManualClock::starting_now();
+        let application =
+            Application::build_with_clock(settings, "127.0.0.1", 0, Arc::new(clock.clone()))
+                .await
+                .unwrap();
+        let base = format!("http://{}", application.local_addr().unwrap());
+        let app = application.app();
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(application.run_until(async move {
+            let _ = rx.await;
+        }));
+        Self {
+            base,
+            client: reqwest::Client::new(),
+            clock,
+            app,
+            db_name,
+            redis_prefix,
+            shutdown: Some(tx),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_auth(&self, path: &str, token: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn register(&self, email: &str, username: &str) -> Value {
+        let response = self
+            .post_json(
+                "/api/v1/auth/register",
+                &json!({"email": email, "username": username, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.post_json(
+            "/api/v1/auth/login",
+            &json!({"email": email, "password": password}),
+        )
+        .await
+    }
+
+    /// Registers `ada` and signs her in; returns the token pair.
+    pub async fn signed_in(&self) -> Tokens {
+        self.register("ada@example.com", "ada").await;
+        self.sign_in("ada@example.com").await
+    }
+
+    pub async fn sign_in(&self, email: &str) -> Tokens {
+        let response = self.login(email, PASSWORD).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        Tokens::from(response.json::<Value>().await.unwrap())
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Response {
+        self.post_json(
+            "/api/v1/auth/refresh",
+            &json!({"refresh_token": refresh_token}),
+        )
+        .await
+    }
+
+    pub async fn current_status(&self, access_token: &str) -> StatusCode {
+        self.get_auth("/api/v1/users/current", access_token)
+            .await
+            .status()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let db = self.db_name.clone();
+        let prefix = self.redis_prefix.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                drop_database(&db).await;
+                delete_redis_prefix(&prefix).await;
+            });
+        })
+        .join();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub access: String,
+    pub refresh: String,
+}
+
+impl From<Value> for Tokens {
+    fn from(v: Value) -> Self {
+        Self {
+            access: v["access_token"].as_str().unwrap().to_owned(),
+            refresh: v["refresh_token"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+/// Asserts a problem document with `status` and `code`, and returns it.
+pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status, "unexpected status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], code, "body: {body}");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["type"].is_string() && body["title"].is_string());
+    body
+}
+
+/// A TCP proxy in front of a real server that a test can cut and restore, to take a
+/// dependency away mid-test over a real connection.
+pub struct CuttableProxy {
+    pub port: u16,
+    upstream: String,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl CuttableProxy {
+    pub async fn start(upstream: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut proxy = Self {
+            port,
+            upstream: upstream.to_owned(),
+            task: None,
+        };
+        proxy.task = Some(Self::serve(listener, proxy.upstream.clone()));
+        proxy
+    }
+
+    fn serve(listener: tokio::net::TcpListener, upstream: String) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        })
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub async fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Accepts connections again on the same port.
+    pub async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        self.task = Some(Self::serve(listener, self.upstream.clone()));
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}

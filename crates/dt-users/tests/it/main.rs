@@ -1,0 +1,16 @@
+//! Integration tests: the running service over HTTP, against real MariaDB and Redis.
+
+// Test code: a failed step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod helpers;
+
+mod auth_tokens;
+mod embedded;
+mod faults;
+mod logout_sessions;
+mod meta;
+mod profile;
+mod refresh;
+mod register_login;
+mod ugly_input;
