@@ -13,7 +13,7 @@ PORT="${PORT:-18080}"
 DB=dtu_bench
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/dt-users/target}"
 
-cargo build --release --locked -q
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked -q
 BIN="$CARGO_TARGET_DIR/release/dt-users"
 
 mariadb -uroot -h127.0.0.1 -e "DROP DATABASE IF EXISTS $DB; CREATE DATABASE $DB CHARACTER SET utf8mb4"
