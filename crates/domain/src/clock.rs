@@ -62,13 +62,14 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that starts at the wall-clock time and moves only when told to.
-#[derive(Debug, Clone)]
+/// The wall clock shifted by an offset that a test moves forward: time flows as usual (so
+/// retries and polls behave), and a test jumps over a grace period or an expiry at will.
+#[derive(Debug, Clone, Default)]
 pub struct ManualClock(Arc<AtomicI64>);
 
 impl ManualClock {
     pub fn starting_now() -> Self {
-        Self(Arc::new(AtomicI64::new(SystemClock.now().as_millis())))
+        Self::default()
     }
 
     pub fn advance_secs(&self, secs: i64) {
@@ -79,6 +80,6 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
-        Timestamp(self.0.load(Ordering::SeqCst))
+        SystemClock.now().plus_millis(self.0.load(Ordering::SeqCst))
     }
 }

@@ -39,6 +39,40 @@ pub struct Settings {
     pub signing_keys: Option<SecretString>,
     /// A file holding PEM keys, as `signing_keys`.
     pub signing_keys_file: Option<PathBuf>,
+    /// `smtp://[user:pass@]host:port` (`smtps://` for implicit TLS, `?starttls=true`); unset:
+    /// emails are written under `data_dir/mail`.
+    pub smtp_url: Option<String>,
+    /// The `From` of every email.
+    pub email_from: String,
+    /// Seconds an emailed token lives.
+    pub email_token_ttl: u64,
+    /// The job queue (a Redis URL); unset: a SQLite file under `data_dir`.
+    pub jobs_url: Option<String>,
+    /// Prefix (namespace) of the job queue's Redis keys.
+    pub jobs_namespace: String,
+    /// Jobs one worker runs at once.
+    pub worker_concurrency: usize,
+    /// Attempts of a job before it is dead.
+    pub job_max_attempts: usize,
+    /// Milliseconds before the first retry of a failed job; each retry waits twice as long.
+    pub job_backoff_ms: u64,
+    /// The longest wait between two attempts of a job, milliseconds.
+    pub job_backoff_max_ms: u64,
+    /// Seconds between job-queue heartbeats of a worker.
+    pub jobs_heartbeat_secs: u64,
+    /// Heartbeats a worker may miss before its in-flight jobs are handed to another worker.
+    pub jobs_missed_heartbeats: usize,
+    /// Seconds one attempt of a job may take.
+    pub job_timeout_secs: u64,
+    /// Milliseconds a worker's claim on an email it is sending is honoured by other workers.
+    pub email_claim_lease_ms: u64,
+    /// Seconds between two sweeps of `beat` (expired tokens, old records, and accounts due for
+    /// erasure).
+    pub purge_interval: u64,
+    /// Milliseconds between two polls of the outbox by the relay.
+    pub relay_interval_ms: u64,
+    /// Run the relay and a worker inside `serve` (single-node deployments, the embedded default).
+    pub run_background_in_serve: bool,
     /// Argon2id memory cost in KiB.
     pub argon2_memory_kib: u32,
     /// Argon2id iterations.
@@ -72,6 +106,22 @@ impl Default for Settings {
             token_audience: "devtalk".into(),
             signing_keys: None,
             signing_keys_file: None,
+            smtp_url: None,
+            email_from: "Dev Talk <no-reply@devtalk.localhost>".into(),
+            email_token_ttl: 86_400,
+            jobs_url: None,
+            jobs_namespace: "dt-users:jobs".into(),
+            worker_concurrency: 4,
+            job_max_attempts: 8,
+            job_backoff_ms: 2_000,
+            job_backoff_max_ms: 600_000,
+            jobs_heartbeat_secs: 5,
+            jobs_missed_heartbeats: 6,
+            job_timeout_secs: 60,
+            email_claim_lease_ms: 120_000,
+            purge_interval: 60,
+            relay_interval_ms: 1_000,
+            run_background_in_serve: true,
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
             argon2_parallelism: 1,
@@ -115,5 +165,13 @@ impl Settings {
 
     pub fn redis_url(&self) -> Option<&str> {
         self.redis_url.as_deref().filter(|u| !u.trim().is_empty())
+    }
+
+    pub fn smtp_url(&self) -> Option<&str> {
+        self.smtp_url.as_deref().filter(|u| !u.trim().is_empty())
+    }
+
+    pub fn jobs_url(&self) -> Option<&str> {
+        self.jobs_url.as_deref().filter(|u| !u.trim().is_empty())
     }
 }

@@ -7,7 +7,9 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod email;
 pub mod http;
+pub mod jobs;
 pub mod security;
 pub mod service;
 pub mod sessions;

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use dt_users::config::Settings;
-use dt_users::startup::{Application, open_database};
+use std::sync::Arc;
+
+use dt_users::domain::SystemClock;
+use dt_users::startup::{Application, Background, Roles, build_app, open_database};
 use dt_users::telemetry;
 
 #[derive(Debug, Parser)]
@@ -29,6 +32,12 @@ enum Command {
     },
     /// Apply the database migrations this release carries.
     Migrate,
+    /// Run background jobs (send emails).
+    Worker,
+    /// Run the periodic sweeps; of several instances, one does the work at a time.
+    Beat,
+    /// Hand committed outbox rows to the job queue.
+    Relay,
 }
 
 async fn shutdown_signal() {
@@ -58,6 +67,18 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), Box<dyn std::error::Err
         Command::Serve { host, port } => {
             let application = Application::build(settings, &host, port).await?;
             application.run_until(shutdown_signal()).await?;
+        }
+        Command::Worker | Command::Beat | Command::Relay => {
+            let roles = Roles {
+                relay: matches!(cli.command, Command::Relay),
+                worker: matches!(cli.command, Command::Worker),
+                beat: matches!(cli.command, Command::Beat),
+            };
+            let app = build_app(settings, Arc::new(SystemClock)).await?;
+            let background = Background::start(&app, roles).await?;
+            shutdown_signal().await;
+            background.shutdown().await;
+            app.db.close().await;
         }
         Command::Migrate => {
             let db = open_database(&settings)?;

@@ -7,9 +7,13 @@ use std::time::Duration;
 use dt_users_domain::{Clock, SystemClock};
 use dt_users_store::{Db, MigrationState};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::Settings;
+use crate::email::Mailer;
+use crate::jobs::{Beat, EmailWorker, JobQueue, OutboxRelay};
 use crate::security::access_token::AccessTokens;
+use crate::security::email_token::EmailTokens;
 use crate::security::keys::SigningKeys;
 use crate::security::password_hasher::PasswordHasherPool;
 use crate::service::App;
@@ -90,14 +94,104 @@ pub async fn build_app(
         signing_kid = tokens.keys().signing_kid(),
         "dt-users ready"
     );
+    let email_tokens = EmailTokens::new(tokens.keys().token_secret());
     Ok(Arc::new(App {
         settings,
         db,
         sessions,
         tokens,
         hasher,
+        email_tokens,
         clock,
+        outbox_notify: Arc::new(tokio::sync::Notify::new()),
     }))
+}
+
+/// Which background roles a process runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Roles {
+    pub relay: bool,
+    pub worker: bool,
+    pub beat: bool,
+}
+
+impl Roles {
+    pub const ALL: Self = Self {
+        relay: true,
+        worker: true,
+        beat: true,
+    };
+}
+
+/// Running background roles, stopped together.
+#[derive(Debug)]
+pub struct Background {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts `roles` for `app`: the outbox relay, an email worker, the periodic sweeps.
+    pub async fn start(app: &Arc<App>, roles: Roles) -> Result<Self, StartupError> {
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let settings = &app.settings;
+        if roles.relay || roles.worker {
+            let queue = JobQueue::open(settings)
+                .await
+                .map_err(StartupError::Config)?;
+            if roles.relay {
+                let relay = OutboxRelay::new(
+                    app.db.clone(),
+                    queue.clone(),
+                    app.clock.clone(),
+                    app.outbox_notify.clone(),
+                    Duration::from_millis(settings.relay_interval_ms.max(10)),
+                );
+                let mut stopped = stopped.clone();
+                tasks.push(tokio::spawn(relay.run(async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })));
+            }
+            if roles.worker {
+                let mailer = Mailer::new(
+                    settings.smtp_url(),
+                    settings.data_dir.join("mail"),
+                    &settings.email_from,
+                )
+                .map_err(StartupError::Config)?;
+                let worker = EmailWorker::new(
+                    settings,
+                    app.db.clone(),
+                    mailer,
+                    app.email_tokens.clone(),
+                    app.clock.clone(),
+                );
+                let settings = settings.clone();
+                let stopped = stopped.clone();
+                tasks.push(tokio::spawn(async move {
+                    worker.run(queue, &settings, stopped).await
+                }));
+            }
+        }
+        if roles.beat {
+            let beat = Beat::new(
+                app.db.clone(),
+                app.clock.clone(),
+                Duration::from_secs(settings.purge_interval.max(1)),
+            );
+            tasks.push(tokio::spawn(beat.run(stopped)));
+        }
+        Ok(Self { stop, tasks })
+    }
+
+    /// Asks every role to stop, and waits for in-flight work to finish.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
 }
 
 /// A bound, not yet running HTTP server.
@@ -139,6 +233,15 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), std::io::Error> {
         let timeout = Duration::from_secs(self.app.settings.request_timeout.max(1));
+        let background = if self.app.settings.run_background_in_serve {
+            Some(
+                Background::start(&self.app, Roles::ALL)
+                    .await
+                    .map_err(std::io::Error::other)?,
+            )
+        } else {
+            None
+        };
         let router = crate::http::router(self.app.clone(), timeout);
         tracing::info!(address = %self.listener.local_addr()?, "listening");
         let result = axum::serve(
@@ -147,6 +250,9 @@ impl Application {
         )
         .with_graceful_shutdown(shutdown)
         .await;
+        if let Some(background) = background {
+            background.shutdown().await;
+        }
         self.app.db.close().await;
         result
     }

@@ -4,13 +4,28 @@
 //! Store functions take a connection (or a transaction, which derefs to one) and hold SQL
 //! and nothing else; the use-cases decide what runs in one transaction.
 
+mod coordination;
 mod db;
+mod email_tokens;
 mod error;
 mod migrations;
+mod outbox;
 mod users;
 
+pub use coordination::{
+    DeliveryClaim, acquire_lease, claim_delivery, delete_old_deliveries, mark_sent,
+    release_delivery,
+};
 pub use db::{Db, Dialect};
+pub use email_tokens::{
+    LiveToken, TokenPurpose, delete_stale_email_tokens, insert_email_token, peek_email_token,
+    revoke_email_tokens, use_email_token,
+};
 pub use error::{Conflict, StoreError};
 pub use migrations::MigrationState;
+pub use outbox::{
+    NewOutboxRow, OutboxKind, OutboxRow, backlog, delete_dispatched, insert_outbox,
+    mark_dispatched, pending_outbox, postpone,
+};
 pub use sqlx::AnyConnection;
-pub use users::{insert_user, update_user, user_by_email, user_by_id, user_by_username};
+pub use users::{insert_user, lock_user, update_user, user_by_email, user_by_id, user_by_username};

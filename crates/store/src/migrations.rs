@@ -8,17 +8,31 @@ use crate::{Dialect, StoreError};
 /// The migrations of one dialect, embedded in the binary: `(version, description, sql)`.
 type Embedded = &'static [(i64, &'static str, &'static str)];
 
-const MYSQL: Embedded = &[(
-    1,
-    "users",
-    include_str!("../migrations/mysql/0001_users.sql"),
-)];
+const MYSQL: Embedded = &[
+    (
+        1,
+        "users",
+        include_str!("../migrations/mysql/0001_users.sql"),
+    ),
+    (
+        2,
+        "outbox and email tokens",
+        include_str!("../migrations/mysql/0002_outbox_and_email_tokens.sql"),
+    ),
+];
 
-const SQLITE: Embedded = &[(
-    1,
-    "users",
-    include_str!("../migrations/sqlite/0001_users.sql"),
-)];
+const SQLITE: Embedded = &[
+    (
+        1,
+        "users",
+        include_str!("../migrations/sqlite/0001_users.sql"),
+    ),
+    (
+        2,
+        "outbox and email tokens",
+        include_str!("../migrations/sqlite/0002_outbox_and_email_tokens.sql"),
+    ),
+];
 
 pub(crate) fn migrator(dialect: Dialect) -> Migrator {
     let embedded = match dialect {

@@ -113,3 +113,18 @@ pub async fn user_by_username(
 ) -> Result<Option<User>, StoreError> {
     fetch_one_user(conn, "username_lower = ?", username_key.to_owned()).await
 }
+
+/// Reads an account and locks its row until the transaction ends, so that changes to one
+/// account (and the outbox rows they write) are serialized.
+pub async fn lock_user(
+    conn: &mut AnyConnection,
+    id: Uuid,
+    dialect: crate::Dialect,
+) -> Result<Option<User>, StoreError> {
+    let condition = match dialect {
+        crate::Dialect::MySql => "id = ? FOR UPDATE",
+        // SQLite has one writer at a time; a write transaction is already exclusive.
+        crate::Dialect::Sqlite => "id = ?",
+    };
+    fetch_one_user(conn, condition, id.to_string()).await
+}

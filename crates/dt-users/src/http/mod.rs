@@ -1,6 +1,7 @@
 //! The HTTP API: routes, layers and the OpenAPI document.
 
 mod auth;
+mod email;
 pub mod extract;
 mod meta;
 mod middleware;
@@ -87,6 +88,10 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(auth::login))
         .routes(routes!(auth::refresh))
         .routes(routes!(auth::logout))
+        .routes(routes!(email::verify))
+        .routes(routes!(email::request_verification))
+        .routes(routes!(email::forgot))
+        .routes(routes!(email::reset))
         .routes(routes!(users::current, users::update))
         .routes(routes!(users::sessions))
         .routes(routes!(users::end_session))

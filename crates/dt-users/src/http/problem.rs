@@ -207,6 +207,10 @@ impl From<ServiceError> for ApiError {
                 "This refresh token was already used; its session has been ended. Sign in again.",
             )
             .bearer(INVALID_TOKEN),
+            ServiceError::InvalidEmailToken => {
+                Self::new(S::BAD_REQUEST, "invalid_token", "Invalid token")
+                    .detail("The token is unknown, already used or expired.")
+            }
             ServiceError::NotFound => Self::new(S::NOT_FOUND, "not_found", "Not found"),
             ServiceError::Unavailable(cause) => {
                 Self::new(S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")

@@ -40,6 +40,8 @@ struct PublicKey {
 /// only verify, so a new key can be introduced while tokens signed by an old one stay valid.
 pub struct SigningKeys {
     signing_kid: String,
+    /// A secret derived from the signing key, for the HMAC of emailed tokens.
+    token_secret: [u8; 32],
     encoding: EncodingKey,
     verifying: HashMap<String, PublicKey>,
     jwks: Value,
@@ -82,6 +84,7 @@ impl SigningKeys {
     pub fn from_pem(pem_text: &[u8]) -> Result<Self, KeyError> {
         let blocks = pem::parse_many(pem_text).map_err(|e| KeyError::Invalid(e.to_string()))?;
         let mut signing = None;
+        let mut token_secret = None;
         let mut verifying = HashMap::new();
         let mut jwks = Vec::new();
         for block in blocks.iter().filter(|b| b.tag() == "PRIVATE KEY") {
@@ -97,6 +100,10 @@ impl SigningKeys {
             });
             if signing.is_none() {
                 signing = Some((kid.clone(), EncodingKey::from_ed_der(block.contents())));
+                let mut hasher = Sha256::new();
+                hasher.update(b"dt-users/email-token/v1\0");
+                hasher.update(block.contents());
+                token_secret = Some(hasher.finalize().into());
             }
             if let std::collections::hash_map::Entry::Vacant(slot) = verifying.entry(kid) {
                 jwks.push(jwk.clone());
@@ -108,6 +115,7 @@ impl SigningKeys {
         })?;
         Ok(Self {
             signing_kid,
+            token_secret: token_secret.unwrap_or_default(),
             encoding,
             verifying,
             jwks: json!({ "keys": jwks }),
@@ -116,6 +124,11 @@ impl SigningKeys {
 
     pub fn signing_kid(&self) -> &str {
         &self.signing_kid
+    }
+
+    /// A 256-bit secret derived from the signing key (never from a verify-only key).
+    pub fn token_secret(&self) -> &[u8; 32] {
+        &self.token_secret
     }
 
     pub fn encoding_key(&self) -> &EncodingKey {

@@ -1,6 +1,7 @@
 //! Credentials: signing keys, access tokens, refresh secrets and password hashing.
 
 pub mod access_token;
+pub mod email_token;
 pub mod keys;
 pub mod password_hasher;
 pub mod secret_token;

@@ -1,10 +1,13 @@
 use dt_users_domain::{
     AccountStatus, DisplayName, Email, FieldErrors, NewPassword, PasswordRules, User, Username,
 };
-use dt_users_store as store;
+use std::collections::BTreeMap;
+
+use dt_users_store::{self as store, TokenPurpose};
 use uuid::Uuid;
 
 use super::{App, ServiceError};
+use crate::email::EmailKind;
 use crate::security::access_token::TokenSubject;
 
 /// A registration as received; parsed into domain types by [`App::register`].
@@ -88,9 +91,20 @@ impl App {
             created_at: now,
             updated_at: now,
         };
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         store::insert_user(&mut tx, &user).await?;
+        let to = user.email.as_str().to_owned();
+        self.queue_email(
+            &mut tx,
+            EmailKind::Welcome,
+            &user,
+            &to,
+            Some(TokenPurpose::VerifyEmail),
+            BTreeMap::new(),
+        )
+        .await?;
         tx.commit().await?;
+        self.outbox_committed();
         tracing::info!(user_id = %user.id, "account registered");
         Ok(user)
     }

@@ -56,8 +56,10 @@ fn refresh_token_user(token: &str) -> Option<Uuid> {
     Uuid::try_parse(user).ok()
 }
 
+/// Whole seconds left, rounded up: a session with 86,399.9 s to live "expires in 86,400 s".
 fn remaining_secs(until: Timestamp, now: Timestamp) -> u64 {
-    u64::try_from((until.as_millis() - now.as_millis()).max(0) / 1000).unwrap_or(0)
+    let millis = (until.as_millis() - now.as_millis()).max(0);
+    u64::try_from((millis + 999) / 1000).unwrap_or(0)
 }
 
 impl App {

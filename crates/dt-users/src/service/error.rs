@@ -31,6 +31,8 @@ pub enum ServiceError {
     InvalidRefreshToken,
     #[error("the refresh token was already used; the session has been ended")]
     RefreshTokenReused,
+    #[error("the emailed token is unknown, used or expired")]
+    InvalidEmailToken,
     #[error("not found")]
     NotFound,
     #[error("a dependency is unavailable: {0}")]

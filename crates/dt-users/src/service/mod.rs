@@ -2,6 +2,7 @@
 
 mod accounts;
 mod auth;
+mod email_flows;
 mod error;
 mod profile;
 
@@ -12,6 +13,7 @@ use dt_users_store::Db;
 
 use crate::config::Settings;
 use crate::security::access_token::AccessTokens;
+use crate::security::email_token::EmailTokens;
 use crate::security::password_hasher::PasswordHasherPool;
 use crate::sessions::SessionStore;
 
@@ -28,7 +30,11 @@ pub struct App {
     pub sessions: SessionStore,
     pub tokens: AccessTokens,
     pub hasher: PasswordHasherPool,
+    pub email_tokens: EmailTokens,
     pub clock: Arc<dyn Clock>,
+    /// Woken after a commit that wrote outbox rows, so the in-process relay picks them up
+    /// at once instead of at its next poll.
+    pub outbox_notify: Arc<tokio::sync::Notify>,
 }
 
 impl App {

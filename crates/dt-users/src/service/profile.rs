@@ -2,10 +2,13 @@ use dt_users_domain::{
     AvatarUrl, Bio, DisplayName, Email, FieldError, FieldErrors, NewPassword, PasswordRules, User,
     Username, normalize_password,
 };
-use dt_users_store as store;
+use std::collections::BTreeMap;
+
+use dt_users_store::{self as store, TokenPurpose};
 
 use super::accounts::into_field_error;
 use super::{App, ServiceError};
+use crate::email::EmailKind;
 use crate::security::access_token::TokenSubject;
 use crate::security::password_hasher::Verified;
 
@@ -103,8 +106,12 @@ impl App {
         if let Some(username) = username {
             user.username = username;
         }
+        let old_email = user.email.clone();
         if let Some(email) = email.filter(|e| e.as_str() != user.email.as_str()) {
-            user.email_verified = false;
+            // A change of spelling only (case) keeps the address verified.
+            if email.lookup_key() != user.email.lookup_key() {
+                user.email_verified = false;
+            }
             user.email = email;
         }
         if let Some(display_name) = display_name {
@@ -131,21 +138,43 @@ impl App {
         }
         user.updated_at = self.now();
 
-        // The write commits only once the other sessions are ended, so a new password never
-        // leaves an old session alive.
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         store::update_user(&mut tx, &user).await?;
+        if user.email.lookup_key() != old_email.lookup_key() {
+            let now = self.now();
+            let params = BTreeMap::from([
+                ("old_email".to_owned(), old_email.as_str().to_owned()),
+                ("new_email".to_owned(), user.email.as_str().to_owned()),
+                ("changed_at".to_owned(), now.to_rfc3339()),
+            ]);
+            self.queue_email(
+                &mut tx,
+                EmailKind::EmailChanged,
+                &user,
+                old_email.as_str(),
+                None,
+                params,
+            )
+            .await?;
+            store::revoke_email_tokens(&mut tx, user.id, TokenPurpose::VerifyEmail, now).await?;
+            let to = user.email.as_str().to_owned();
+            self.queue_email(
+                &mut tx,
+                EmailKind::VerifyEmail,
+                &user,
+                &to,
+                Some(TokenPurpose::VerifyEmail),
+                BTreeMap::new(),
+            )
+            .await?;
+        }
+        // A new password ends the other sessions before the change commits.
         if password_changed {
-            let ended = self
-                .sessions
-                .revoke_all(user.id, Some(subject.session_id))
+            self.after_password_change(&mut tx, &user, Some(subject.session_id))
                 .await?;
-            tracing::info!(
-                sessions = ended.len(),
-                "password changed; other sessions ended"
-            );
         }
         tx.commit().await?;
+        self.outbox_committed();
         Ok(user)
     }
 }

@@ -82,6 +82,8 @@ pub fn test_settings(database_url: &str, prefix: &str) -> Settings {
         signing_keys: Some(SecretString::from(SIGNING_KEY.clone())),
         argon2_memory_kib: 1024,
         argon2_iterations: 1,
+        // Tests that need the relay and a worker turn them on (see `mail::spawn_with_mail`).
+        run_background_in_serve: false,
         ..Settings::default()
     }
 }
@@ -103,6 +105,10 @@ impl TestApp {
 
     /// Spawns with settings adjusted by `adjust` (after the test defaults are set).
     pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> Self {
+        // `DT_USERS_TEST_LOG=1` shows the service's logs while debugging a test.
+        if std::env::var_os("DT_USERS_TEST_LOG").is_some() {
+            dt_users::telemetry::init_logging("pretty");
+        }
         let (db_name, db_url) = create_database().await;
         let redis_prefix = format!("dtu-test:{}", uuid::Uuid::new_v4().simple());
         let mut settings = test_settings(&db_url, &redis_prefix);

@@ -1,11 +1,19 @@
 //! Integration tests: the running service over HTTP, against real MariaDB and Redis.
 
 // Test code: a failed step should fail the test loudly.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod helpers;
+mod mail;
 
 mod auth_tokens;
+mod email_faults;
+mod email_flows;
 mod embedded;
 mod faults;
 mod logout_sessions;

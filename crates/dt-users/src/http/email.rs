@@ -1,0 +1,98 @@
+//! Email verification and password reset.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::extract::{ApiJson, CurrentSession};
+use super::problem::{ApiError, Problem};
+use super::views::UserView;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// The token from the email.
+    pub token: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailRequest {
+    pub email: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    pub token: String,
+    pub new_password: String,
+}
+
+/// The body of a 202: the request was taken; what follows happens by email.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Accepted {
+    /// Always `accepted`.
+    pub status: &'static str,
+}
+
+pub fn accepted() -> Response {
+    (StatusCode::ACCEPTED, Json(Accepted { status: "accepted" })).into_response()
+}
+
+/// Confirm an email address with the token from the verification email.
+#[utoipa::path(post, path = "/api/v1/auth/email/verify", tag = "auth",
+    request_body = TokenRequest,
+    responses(
+        (status = 200, description = "Verified", body = UserView),
+        (status = 400, description = "`invalid_token`: unknown, used, expired, or for an address the account no longer has", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn verify(
+    State(app): State<AppState>,
+    ApiJson(body): ApiJson<TokenRequest>,
+) -> Result<Json<UserView>, ApiError> {
+    let user = app.verify_email(&body.token).await?;
+    Ok(Json(UserView::from(&user)))
+}
+
+/// Send a fresh verification email to the signed-in user's address (nothing if verified).
+#[utoipa::path(post, path = "/api/v1/auth/email/verify/request", tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted", body = Accepted),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn request_verification(
+    State(app): State<AppState>,
+    CurrentSession(subject): CurrentSession,
+) -> Result<Response, ApiError> {
+    app.request_email_verification(subject).await?;
+    Ok(accepted())
+}
+
+/// Ask for a password-reset email. Always 202, whether or not the address has an account.
+#[utoipa::path(post, path = "/api/v1/auth/password/forgot", tag = "auth",
+    request_body = EmailRequest,
+    responses((status = 202, description = "Accepted", body = Accepted)))]
+pub async fn forgot(State(app): State<AppState>, ApiJson(body): ApiJson<EmailRequest>) -> Response {
+    app.0.forgot_password(&body.email);
+    accepted()
+}
+
+/// Choose a new password with the token from the reset email; every session ends.
+#[utoipa::path(post, path = "/api/v1/auth/password/reset", tag = "auth",
+    request_body = ResetRequest,
+    responses(
+        (status = 204, description = "Password changed; every session ended"),
+        (status = 400, description = "`invalid_token`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`weak_password`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn reset(
+    State(app): State<AppState>,
+    ApiJson(body): ApiJson<ResetRequest>,
+) -> Result<StatusCode, ApiError> {
+    app.reset_password(&body.token, &body.new_password).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

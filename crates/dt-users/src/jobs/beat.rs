@@ -1,0 +1,63 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use dt_users_domain::Clock;
+use dt_users_store::{self as store, Db};
+use tokio::sync::watch;
+
+/// Periodic sweeps. Several `beat` processes may run; a lease in the database makes exactly
+/// one of them do the work, and another takes over within three intervals if it dies.
+#[derive(Debug, Clone)]
+pub struct Beat {
+    db: Db,
+    clock: Arc<dyn Clock>,
+    interval: Duration,
+    holder: String,
+}
+
+/// How long finished records are kept before the sweep removes them.
+const RETENTION_SECS: u64 = 7 * 86_400;
+
+impl Beat {
+    pub fn new(db: Db, clock: Arc<dyn Clock>, interval: Duration) -> Self {
+        let holder = super::worker_name().replacen("email@", "beat@", 1);
+        Self {
+            db,
+            clock,
+            interval,
+            holder,
+        }
+    }
+
+    /// One tick: takes (or renews) the lease, and sweeps if it holds it. True when it swept.
+    pub async fn tick(&self) -> Result<bool, dt_users_store::StoreError> {
+        let now = self.clock.now();
+        let ttl_ms = i64::try_from(self.interval.as_millis().saturating_mul(3)).unwrap_or(i64::MAX);
+        let mut conn = self.db.pool().acquire().await?;
+        if !store::acquire_lease(&mut conn, "beat", &self.holder, now, ttl_ms).await? {
+            return Ok(false);
+        }
+        let cutoff = dt_users_domain::Timestamp::from_millis(
+            now.as_millis() - i64::try_from(RETENTION_SECS * 1000).unwrap_or(0),
+        );
+        let tokens = store::delete_stale_email_tokens(&mut conn, cutoff).await?;
+        let outbox = store::delete_dispatched(&mut conn, cutoff).await?;
+        let deliveries = store::delete_old_deliveries(&mut conn, cutoff).await?;
+        metrics::counter!("beat_sweeps_total").increment(1);
+        tracing::info!(holder = %self.holder, tokens, outbox, deliveries, "sweep done");
+        Ok(true)
+    }
+
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        tracing::info!(holder = %self.holder, interval_s = self.interval.as_secs(), "beat started");
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::warn!(error = %e, "sweep failed; will retry at the next tick");
+            }
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                () = tokio::time::sleep(self.interval) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,110 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use dt_users_domain::Clock;
+use dt_users_store::{self as store, Db, OutboxKind};
+use tokio::sync::Notify;
+
+use super::{JobQueue, SendEmailJob};
+use crate::email::EmailIntent;
+
+/// Hands committed email intents from the outbox to the job queue, in outbox order, at least
+/// once: a row is marked dispatched only after its job is safely queued.
+#[derive(Debug, Clone)]
+pub struct OutboxRelay {
+    db: Db,
+    queue: JobQueue,
+    clock: Arc<dyn Clock>,
+    notify: Arc<Notify>,
+    interval: Duration,
+}
+
+const BATCH: i64 = 100;
+
+impl OutboxRelay {
+    pub fn new(
+        db: Db,
+        queue: JobQueue,
+        clock: Arc<dyn Clock>,
+        notify: Arc<Notify>,
+        interval: Duration,
+    ) -> Self {
+        Self {
+            db,
+            queue,
+            clock,
+            notify,
+            interval,
+        }
+    }
+
+    /// Dispatches what is due; returns how many rows were handed on.
+    pub async fn run_once(&self) -> Result<usize, String> {
+        let mut conn = self.db.pool().acquire().await.map_err(|e| e.to_string())?;
+        let now = self.clock.now();
+        let rows = store::pending_outbox(&mut conn, OutboxKind::Email, now, BATCH)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut dispatched = 0;
+        for row in rows {
+            let intent: EmailIntent = match serde_json::from_str(&row.payload) {
+                Ok(intent) => intent,
+                Err(e) => {
+                    // A row this release cannot read is kept (and retried slowly), never dropped.
+                    tracing::error!(outbox_id = %row.id, error = %e, "unreadable email intent in the outbox");
+                    let later = self.clock.now().plus_secs(3600);
+                    store::postpone(&mut conn, row.seq, later, &e.to_string())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    continue;
+                }
+            };
+            tracing::debug!(outbox_id = %row.id, attempts = row.attempts, "queueing email job");
+            if let Err(e) = self.queue.push(SendEmailJob { intent }).await {
+                let wait = 1_u64 << row.attempts.clamp(0, 6);
+                store::postpone(&mut conn, row.seq, self.clock.now().plus_secs(wait), &e)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                metrics::counter!("outbox_dispatch_failures_total", "kind" => "email").increment(1);
+                return Err(format!("job queue: {e}"));
+            }
+            store::mark_dispatched(&mut conn, row.seq, self.clock.now())
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::debug!(outbox_id = %row.id, "email job queued");
+            dispatched += 1;
+        }
+        if dispatched > 0 {
+            metrics::counter!("outbox_dispatched_total", "kind" => "email")
+                .increment(dispatched as u64);
+        }
+        Ok(dispatched)
+    }
+
+    /// Runs until `shutdown` resolves: right after each commit that wrote outbox rows, and at
+    /// least every `interval`; after a failure it backs off up to 30 s.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut failures: u32 = 0;
+        loop {
+            let wait = match self.run_once().await {
+                Ok(n) if n as i64 == BATCH => Duration::ZERO,
+                Ok(_) => {
+                    failures = 0;
+                    self.interval
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %e, failures, "outbox relay could not dispatch; will retry");
+                    Duration::from_millis(250 * (1_u64 << failures.min(7)))
+                        .min(Duration::from_secs(30))
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = self.notify.notified(), if failures == 0 => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,324 @@
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use apalis::layers::retry::backoff::{ExponentialBackoffMaker, MakeBackoff};
+use apalis::layers::retry::{HasherRng, RetryPolicy};
+use apalis::prelude::*;
+use dt_users_domain::Clock;
+use dt_users_store::{self as store, Db, DeliveryClaim};
+use tokio::sync::watch;
+
+use super::{JobQueue, SendEmailJob};
+use crate::config::Settings;
+use crate::email::{EmailIntent, Mailer, SendError, render};
+use crate::security::email_token::EmailTokens;
+
+/// A name unique to this process (`email@host-pid-random`), so that the queue can tell a
+/// dead worker's orphaned jobs from a live one's.
+pub fn worker_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    format!("email@{host}-{}-{suffix}", std::process::id())
+}
+
+/// Sends the emails of [`SendEmailJob`]s.
+#[derive(Clone)]
+pub struct EmailWorker {
+    state: Arc<WorkerState>,
+}
+
+struct WorkerState {
+    name: String,
+    db: Db,
+    mailer: Mailer,
+    tokens: EmailTokens,
+    public_url: String,
+    valid_hours: u64,
+    claim_lease_ms: i64,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for EmailWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailWorker")
+            .field("name", &self.state.name)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct JobFailed(String);
+
+impl EmailWorker {
+    pub fn new(
+        settings: &Settings,
+        db: Db,
+        mailer: Mailer,
+        tokens: EmailTokens,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            state: Arc::new(WorkerState {
+                name: worker_name(),
+                db,
+                mailer,
+                tokens,
+                public_url: settings.public_url.clone(),
+                valid_hours: settings.email_token_ttl / 3600,
+                claim_lease_ms: i64::try_from(settings.email_claim_lease_ms).unwrap_or(i64::MAX),
+                clock,
+            }),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// Sends one intent's email unless it was sent already.
+    async fn deliver(&self, intent: &EmailIntent) -> Result<(), BoxDynError> {
+        let state = &self.state;
+        let mut waited = Duration::ZERO;
+        loop {
+            let mut conn = state.db.pool().acquire().await?;
+            let claim = store::claim_delivery(
+                &mut conn,
+                intent.id,
+                &state.name,
+                state.clock.now(),
+                state.claim_lease_ms,
+            )
+            .await?;
+            match claim {
+                DeliveryClaim::Claimed => break,
+                DeliveryClaim::AlreadySent => {
+                    metrics::counter!("emails_duplicates_suppressed_total").increment(1);
+                    tracing::info!(intent_id = %intent.id, "email already sent; duplicate job ignored");
+                    return Ok(());
+                }
+                DeliveryClaim::InProgress => {
+                    // Another worker holds the claim; wait for it to finish or its lease to end.
+                    if waited.as_millis()
+                        > u128::try_from(state.claim_lease_ms).unwrap_or(0) + 5_000
+                    {
+                        return Err(Box::new(JobFailed(
+                            "another worker is still sending this email".into(),
+                        )));
+                    }
+                    drop(conn);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    waited += Duration::from_millis(500);
+                }
+            }
+        }
+        let token = intent
+            .kind
+            .token_path()
+            .map(|_| state.tokens.token_for(intent.id));
+        let rendered = match render(
+            intent,
+            &state.public_url,
+            token.as_deref(),
+            state.valid_hours,
+        ) {
+            Ok(rendered) => rendered,
+            Err(e) => {
+                self.release(intent).await;
+                return Err(AbortError::new(JobFailed(format!("rendering: {e}"))).into());
+            }
+        };
+        match state.mailer.send(intent, &rendered).await {
+            Ok(()) => {
+                let mut conn = state.db.pool().acquire().await?;
+                if let Err(e) = store::mark_sent(&mut conn, intent.id, state.clock.now()).await {
+                    // The email left; a later duplicate job waits out the claim lease and may
+                    // send it again — the one duplicate the design allows.
+                    tracing::error!(intent_id = %intent.id, error = %e, "email sent but not recorded as sent");
+                }
+                metrics::counter!("emails_sent_total", "kind" => intent.kind.name()).increment(1);
+                tracing::info!(intent_id = %intent.id, kind = intent.kind.name(), "email sent");
+                Ok(())
+            }
+            Err(e) => {
+                self.release(intent).await;
+                tracing::warn!(intent_id = %intent.id, kind = intent.kind.name(), error = %e, "email not sent");
+                metrics::counter!("emails_failed_total", "kind" => intent.kind.name()).increment(1);
+                match e {
+                    SendError::Transient(_) => Err(Box::new(JobFailed(e.to_string()))),
+                    SendError::Permanent(_) => {
+                        Err(AbortError::new(JobFailed(e.to_string())).into())
+                    }
+                }
+            }
+        }
+    }
+
+    async fn release(&self, intent: &EmailIntent) {
+        if let Ok(mut conn) = self.state.db.pool().acquire().await {
+            let _ = store::release_delivery(&mut conn, intent.id, &self.state.name).await;
+        }
+    }
+
+    /// Runs the worker on `queue` until `shutdown` turns true; in-flight jobs finish first.
+    /// A queue that fails (Redis down) is reconnected after a pause.
+    pub async fn run(
+        self,
+        queue: JobQueue,
+        settings: &Settings,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let max_attempts = settings.job_max_attempts.max(1);
+        let backoff = (
+            Duration::from_millis(settings.job_backoff_ms.max(1)),
+            Duration::from_millis(
+                settings
+                    .job_backoff_max_ms
+                    .max(settings.job_backoff_ms.max(1)),
+            ),
+        );
+        let timeout = Duration::from_secs(settings.job_timeout_secs.max(1));
+        let concurrency = settings.worker_concurrency.max(1);
+        tracing::info!(
+            worker = self.name(),
+            queue = queue.backend(),
+            "email worker started"
+        );
+        loop {
+            let stop = {
+                let mut shutdown = shutdown.clone();
+                async move {
+                    let _ = shutdown.wait_for(|stop| *stop).await;
+                    Ok::<(), std::io::Error>(())
+                }
+            };
+            macro_rules! run_on {
+                ($backend:expr) => {
+                    WorkerBuilder::new(self.name().to_owned())
+                        .backend($backend.poll_with_interval(Duration::from_millis(200)))
+                        .concurrency(concurrency)
+                        .data(self.clone())
+                        .layer(DeadLetterLayer { max_attempts })
+                        .retry(retry_policy(max_attempts, backoff))
+                        .timeout(timeout)
+                        .build(send_email)
+                        .run_until(stop)
+                        .await
+                };
+            }
+            let result = match &queue {
+                JobQueue::Redis {
+                    client,
+                    config,
+                    connection,
+                } => match JobQueue::redis_storage(client, config, connection).await {
+                    Ok(storage) => run_on!(storage),
+                    Err(e) => Err(WorkerError::from(std::io::Error::other(e))),
+                },
+                JobQueue::Sqlite(storage) => run_on!(storage.clone()),
+            };
+            if *shutdown.borrow() {
+                break;
+            }
+            if let Err(e) = result {
+                tracing::warn!(worker = self.name(), error = %e, "email worker stopped; restarting");
+            }
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        tracing::info!(worker = self.name(), "email worker stopped");
+    }
+}
+
+fn retry_policy(
+    max_attempts: usize,
+    (initial, max): (Duration, Duration),
+) -> apalis::layers::retry::BackoffRetryPolicy<apalis::layers::retry::backoff::ExponentialBackoff> {
+    let retries = max_attempts.saturating_sub(1);
+    match ExponentialBackoffMaker::new(initial, max, 0.1, HasherRng::default()) {
+        Ok(mut maker) => RetryPolicy::retries(retries).with_backoff(maker.make_backoff()),
+        Err(_) => {
+            let mut maker = ExponentialBackoffMaker::default();
+            RetryPolicy::retries(retries).with_backoff(maker.make_backoff())
+        }
+    }
+}
+
+async fn send_email(job: SendEmailJob, worker: Data<EmailWorker>) -> Result<(), BoxDynError> {
+    worker.deliver(&job.intent).await
+}
+
+/// Ends a job that has used its attempts (or failed for good) as dead: logged, counted in
+/// `jobs_dead_total`, and kept by the queue, never retried again. Sits outside the retry
+/// layer, so it sees each job's final outcome once.
+#[derive(Debug, Clone, Copy)]
+struct DeadLetterLayer {
+    max_attempts: usize,
+}
+
+impl<S> Layer<S> for DeadLetterLayer {
+    type Service = DeadLetter<S>;
+    fn layer(&self, inner: S) -> DeadLetter<S> {
+        DeadLetter {
+            inner,
+            max_attempts: self.max_attempts,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DeadLetter<S> {
+    inner: S,
+    max_attempts: usize,
+}
+
+impl<S, Args> Service<Task<Args>> for DeadLetter<S>
+where
+    S: Service<Task<Args>>,
+    S::Error: Into<BoxDynError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxDynError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxDynError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxDynError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, task: Task<Args>) -> Self::Future {
+        let ctx = task.ctx().clone();
+        let max_attempts = self.max_attempts;
+        let future = self.inner.call(task);
+        Box::pin(async move {
+            let result = future.await.map_err(Into::into);
+            if let Err(error) = &result {
+                if ctx.status() == Status::Running {
+                    // A timeout dropped the handler before it could record its outcome.
+                    ctx.raw_status().store(Status::Failed);
+                }
+                if ctx.attempt() >= max_attempts || ctx.status() == Status::Killed {
+                    ctx.raw_status().store(Status::Killed);
+                    metrics::counter!("jobs_dead_total", "job" => SendEmailJob::NAME).increment(1);
+                    tracing::error!(
+                        job = SendEmailJob::NAME,
+                        task_id = ?ctx.task_id(),
+                        attempts = ctx.attempt(),
+                        error = %error,
+                        "job dead: it will not be retried"
+                    );
+                }
+            }
+            result
+        })
+    }
+}

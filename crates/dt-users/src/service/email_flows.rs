@@ -1,0 +1,267 @@
+//! Email verification and password reset, and the email intents every use-case records.
+
+use std::collections::BTreeMap;
+
+use dt_users_domain::{AccountStatus, Email, NewPassword, PasswordRules, User};
+use dt_users_store::{self as store, AnyConnection, NewOutboxRow, OutboxKind, TokenPurpose};
+use uuid::Uuid;
+
+use super::accounts::into_field_error;
+use super::{App, ServiceError};
+use crate::email::{EmailIntent, EmailKind};
+use crate::security::access_token::TokenSubject;
+use crate::security::secret_token::hash_secret;
+
+/// How an email greets its user.
+pub(super) fn greeting(user: &User) -> String {
+    user.display_name
+        .clone()
+        .unwrap_or_else(|| user.username.as_str().to_owned())
+}
+
+/// Tokens are URL-safe base64 of 256 bits; anything else is refused before any lookup.
+fn plausible_token(token: &str) -> bool {
+    token.len() == 43
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl App {
+    /// Records an email intent in the outbox within the caller's transaction; with
+    /// `purpose`, also the hash of the token the email will carry.
+    pub(super) async fn queue_email(
+        &self,
+        conn: &mut AnyConnection,
+        kind: EmailKind,
+        user: &User,
+        to: &str,
+        purpose: Option<TokenPurpose>,
+        params: BTreeMap<String, String>,
+    ) -> Result<(), ServiceError> {
+        let now = self.now();
+        let intent = EmailIntent {
+            id: Uuid::now_v7(),
+            kind,
+            user_id: user.id,
+            to: to.to_owned(),
+            name: greeting(user),
+            params,
+        };
+        if let Some(purpose) = purpose {
+            let token = self.email_tokens.token_for(intent.id);
+            let mut expires_at = now.plus_secs(self.settings.email_token_ttl);
+            if let Some(limit) = intent
+                .params
+                .get("restore_until_ms")
+                .and_then(|v| v.parse().ok())
+            {
+                expires_at = expires_at.min(dt_users_domain::Timestamp::from_millis(limit));
+            }
+            store::insert_email_token(
+                conn,
+                &hash_secret(&token),
+                user.id,
+                purpose,
+                to,
+                now,
+                expires_at,
+            )
+            .await?;
+        }
+        let payload =
+            serde_json::to_string(&intent).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let row = NewOutboxRow {
+            id: intent.id,
+            kind: OutboxKind::Email,
+            name: kind.name().to_owned(),
+            user_id: user.id,
+            payload,
+        };
+        store::insert_outbox(conn, &row, now).await?;
+        Ok(())
+    }
+
+    /// Tells the in-process relay that outbox rows were committed.
+    pub(super) fn outbox_committed(&self) {
+        self.outbox_notify.notify_one();
+    }
+
+    /// Sends a fresh verification link to the caller's address (nothing when verified).
+    #[tracing::instrument(skip_all, fields(user_id = %subject.user_id))]
+    pub async fn request_email_verification(
+        &self,
+        subject: TokenSubject,
+    ) -> Result<(), ServiceError> {
+        let mut tx = self.db.begin_write().await?;
+        let user = store::lock_user(&mut tx, subject.user_id, self.db.dialect())
+            .await?
+            .filter(|u| u.status == AccountStatus::Active)
+            .ok_or(ServiceError::SessionRevoked)?;
+        if user.email_verified {
+            return Ok(());
+        }
+        store::revoke_email_tokens(&mut tx, user.id, TokenPurpose::VerifyEmail, self.now()).await?;
+        let to = user.email.as_str().to_owned();
+        self.queue_email(
+            &mut tx,
+            EmailKind::VerifyEmail,
+            &user,
+            &to,
+            Some(TokenPurpose::VerifyEmail),
+            BTreeMap::new(),
+        )
+        .await?;
+        tx.commit().await?;
+        self.outbox_committed();
+        Ok(())
+    }
+
+    /// Confirms an address with the token emailed to it. The token must have been sent to
+    /// the account's current address.
+    #[tracing::instrument(skip_all)]
+    pub async fn verify_email(&self, token: &str) -> Result<User, ServiceError> {
+        if !plausible_token(token) {
+            return Err(ServiceError::InvalidEmailToken);
+        }
+        let now = self.now();
+        let mut tx = self.db.begin_write().await?;
+        let live =
+            store::use_email_token(&mut tx, &hash_secret(token), TokenPurpose::VerifyEmail, now)
+                .await?
+                .ok_or(ServiceError::InvalidEmailToken)?;
+        let mut user = store::lock_user(&mut tx, live.user_id, self.db.dialect())
+            .await?
+            .filter(|u| {
+                u.status == AccountStatus::Active
+                    && u.email.lookup_key() == Email::lookup_key_of(&live.email)
+            })
+            .ok_or(ServiceError::InvalidEmailToken)?;
+        if !user.email_verified {
+            user.email_verified = true;
+            user.updated_at = now;
+            store::update_user(&mut tx, &user).await?;
+        }
+        tx.commit().await?;
+        tracing::info!(user_id = %user.id, "email verified");
+        Ok(user)
+    }
+
+    /// Starts a password reset. Answers the same, at once, whether or not the address has an
+    /// account: the lookup and the email happen off the request path.
+    pub fn forgot_password(
+        self: &std::sync::Arc<Self>,
+        email: &str,
+    ) -> tokio::task::JoinHandle<()> {
+        let app = self.clone();
+        let key = Email::lookup_key_of(email);
+        tokio::spawn(async move {
+            if let Err(e) = app.send_password_reset(&key).await {
+                tracing::warn!(error = %e, "password reset request not recorded");
+            }
+        })
+    }
+
+    async fn send_password_reset(&self, email_key: &str) -> Result<(), ServiceError> {
+        let mut tx = self.db.begin_write().await?;
+        let Some(user) = store::user_by_email(&mut tx, email_key).await? else {
+            return Ok(());
+        };
+        if user.status != AccountStatus::Active {
+            return Ok(());
+        }
+        let user = store::lock_user(&mut tx, user.id, self.db.dialect())
+            .await?
+            .ok_or(ServiceError::NotFound)?;
+        store::revoke_email_tokens(&mut tx, user.id, TokenPurpose::ResetPassword, self.now())
+            .await?;
+        let to = user.email.as_str().to_owned();
+        self.queue_email(
+            &mut tx,
+            EmailKind::PasswordReset,
+            &user,
+            &to,
+            Some(TokenPurpose::ResetPassword),
+            BTreeMap::new(),
+        )
+        .await?;
+        tx.commit().await?;
+        self.outbox_committed();
+        tracing::info!(user_id = %user.id, "password reset requested");
+        Ok(())
+    }
+
+    /// Sets a new password with a reset token; every session of the user ends.
+    #[tracing::instrument(skip_all)]
+    pub async fn reset_password(
+        &self,
+        token: &str,
+        new_password: &str,
+    ) -> Result<(), ServiceError> {
+        if !plausible_token(token) {
+            return Err(ServiceError::InvalidEmailToken);
+        }
+        let token_hash = hash_secret(token);
+        let mut conn = self.db.pool().acquire().await?;
+        let live = store::peek_email_token(
+            &mut conn,
+            &token_hash,
+            TokenPurpose::ResetPassword,
+            self.now(),
+        )
+        .await?
+        .ok_or(ServiceError::InvalidEmailToken)?;
+        let user = store::user_by_id(&mut conn, live.user_id)
+            .await?
+            .filter(|u| u.status == AccountStatus::Active)
+            .ok_or(ServiceError::InvalidEmailToken)?;
+        drop(conn);
+        let mut errors = dt_users_domain::FieldErrors::new();
+        let rules = PasswordRules {
+            email: user.email.as_str(),
+            username: user.username.as_str(),
+        };
+        let Some(password) = errors.check("new_password", NewPassword::parse(new_password, rules))
+        else {
+            return Err(into_field_error(errors));
+        };
+        let password_hash = self.hasher.hash(password.secret().clone()).await?;
+
+        let now = self.now();
+        let mut tx = self.db.begin_write().await?;
+        store::use_email_token(&mut tx, &token_hash, TokenPurpose::ResetPassword, now)
+            .await?
+            .ok_or(ServiceError::InvalidEmailToken)?;
+        let mut user = store::lock_user(&mut tx, live.user_id, self.db.dialect())
+            .await?
+            .ok_or(ServiceError::InvalidEmailToken)?;
+        user.password_hash = password_hash;
+        user.updated_at = now;
+        store::update_user(&mut tx, &user).await?;
+        self.after_password_change(&mut tx, &user, None).await?;
+        tx.commit().await?;
+        self.outbox_committed();
+        tracing::info!(user_id = %user.id, "password reset");
+        Ok(())
+    }
+
+    /// What every password change does inside its transaction: older reset links die, a
+    /// security notice goes out, and every session but `keep` ends (before the commit, so a
+    /// new password never leaves an old session alive).
+    pub(super) async fn after_password_change(
+        &self,
+        conn: &mut AnyConnection,
+        user: &User,
+        keep: Option<Uuid>,
+    ) -> Result<(), ServiceError> {
+        let now = self.now();
+        store::revoke_email_tokens(conn, user.id, TokenPurpose::ResetPassword, now).await?;
+        let params = BTreeMap::from([("changed_at".to_owned(), now.to_rfc3339())]);
+        let to = user.email.as_str().to_owned();
+        self.queue_email(conn, EmailKind::PasswordChanged, user, &to, None, params)
+            .await?;
+        let ended = self.sessions.revoke_all(user.id, keep).await?;
+        tracing::info!(user_id = %user.id, sessions = ended.len(), "password changed; sessions ended");
+        Ok(())
+    }
+}

@@ -1,0 +1,148 @@
+//! Single-use tokens sent by email (verification, password reset, restoration). Only the
+//! SHA-256 of a token is stored.
+
+use dt_users_domain::Timestamp;
+use sqlx::{AnyConnection, Row};
+use uuid::Uuid;
+
+use crate::StoreError;
+
+/// What a token lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenPurpose {
+    VerifyEmail,
+    ResetPassword,
+    RestoreAccount,
+}
+
+impl TokenPurpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::VerifyEmail => "verify_email",
+            Self::ResetPassword => "reset_password",
+            Self::RestoreAccount => "restore",
+        }
+    }
+}
+
+/// A token that is known, unused and unexpired.
+#[derive(Debug, Clone)]
+pub struct LiveToken {
+    pub user_id: Uuid,
+    /// The address the token was sent to.
+    pub email: String,
+}
+
+pub async fn insert_email_token(
+    conn: &mut AnyConnection,
+    token_hash: &str,
+    user_id: Uuid,
+    purpose: TokenPurpose,
+    email: &str,
+    now: Timestamp,
+    expires_at: Timestamp,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO email_tokens (token_hash, user_id, purpose, email, created_at, expires_at) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(token_hash.to_owned())
+    .bind(user_id.to_string())
+    .bind(purpose.as_str())
+    .bind(email.to_owned())
+    .bind(now.as_millis())
+    .bind(expires_at.as_millis())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Uses a token: marks it used if it is live for `purpose`, atomically, so that of two
+/// concurrent uses exactly one succeeds. Returns whom it was for.
+pub async fn use_email_token(
+    conn: &mut AnyConnection,
+    token_hash: &str,
+    purpose: TokenPurpose,
+    now: Timestamp,
+) -> Result<Option<LiveToken>, StoreError> {
+    let used = sqlx::query(
+        "UPDATE email_tokens SET used_at = ? \
+         WHERE token_hash = ? AND purpose = ? AND used_at IS NULL AND expires_at > ?",
+    )
+    .bind(now.as_millis())
+    .bind(token_hash.to_owned())
+    .bind(purpose.as_str())
+    .bind(now.as_millis())
+    .execute(&mut *conn)
+    .await?;
+    if used.rows_affected() != 1 {
+        return Ok(None);
+    }
+    let row = sqlx::query("SELECT user_id, email FROM email_tokens WHERE token_hash = ?")
+        .bind(token_hash.to_owned())
+        .fetch_one(conn)
+        .await?;
+    let user_id: String = row.try_get("user_id")?;
+    Ok(Some(LiveToken {
+        user_id: Uuid::parse_str(&user_id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        email: row.try_get("email")?,
+    }))
+}
+
+/// Ends every live token of `user_id` for `purpose` (a newer one was issued, or what it was
+/// for happened another way).
+pub async fn revoke_email_tokens(
+    conn: &mut AnyConnection,
+    user_id: Uuid,
+    purpose: TokenPurpose,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE email_tokens SET used_at = ? WHERE user_id = ? AND purpose = ? AND used_at IS NULL",
+    )
+    .bind(now.as_millis())
+    .bind(user_id.to_string())
+    .bind(purpose.as_str())
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Removes tokens that expired or were used before `before`.
+pub async fn delete_stale_email_tokens(
+    conn: &mut AnyConnection,
+    before: Timestamp,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query("DELETE FROM email_tokens WHERE expires_at < ? OR used_at < ?")
+        .bind(before.as_millis())
+        .bind(before.as_millis())
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Looks a live token up without using it (to check a request before doing costly work).
+pub async fn peek_email_token(
+    conn: &mut AnyConnection,
+    token_hash: &str,
+    purpose: TokenPurpose,
+    now: Timestamp,
+) -> Result<Option<LiveToken>, StoreError> {
+    let row = sqlx::query(
+        "SELECT user_id, email FROM email_tokens \
+         WHERE token_hash = ? AND purpose = ? AND used_at IS NULL AND expires_at > ?",
+    )
+    .bind(token_hash.to_owned())
+    .bind(purpose.as_str())
+    .bind(now.as_millis())
+    .fetch_optional(conn)
+    .await?;
+    row.map(|row| {
+        let user_id: String = row.try_get("user_id")?;
+        Ok(LiveToken {
+            user_id: Uuid::parse_str(&user_id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            email: row.try_get("email")?,
+        })
+    })
+    .transpose()
+}
