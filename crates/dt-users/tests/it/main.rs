@@ -12,6 +12,7 @@ mod helpers;
 mod mail;
 
 mod auth_tokens;
+mod beat;
 mod email_faults;
 mod email_flows;
 mod embedded;

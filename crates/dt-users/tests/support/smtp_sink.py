@@ -6,6 +6,8 @@ DIR/<n>.json (parsed: recipients, subject, plain and HTML parts, Message-ID) and
 Behaviour a test can switch on while it runs:
 - a recipient containing "transient-fail" is refused with 451 (try again later);
 - a recipient containing "permanent-fail" is refused with 550;
+- with SINK_COUNT_ONLY=1 in the environment, messages are only counted (DIR/count), for
+  throughput measurements;
 - while the file DIR/delay_ms exists, DATA waits that many milliseconds before accepting, and
   DIR/receiving is created when such a slow DATA starts.
 """
@@ -36,6 +38,13 @@ class Sink:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if os.environ.get("SINK_COUNT_ONLY"):
+            with self.lock:
+                self.count += 1
+                with open(os.path.join(self.directory, "count.tmp"), "w") as f:
+                    f.write(str(self.count))
+                os.replace(os.path.join(self.directory, "count.tmp"), os.path.join(self.directory, "count"))
+            return "250 Message accepted"
         delay_file = os.path.join(self.directory, "delay_ms")
         if os.path.exists(delay_file):
             with open(os.path.join(self.directory, "receiving"), "w") as marker:
