@@ -6,18 +6,22 @@ use crate::{Email, Timestamp, Username};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccountStatus {
     Active,
+    /// Deleted by its owner: restorable until `purge_after`, then erased.
+    Deleted,
 }
 
 impl AccountStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Active => "active",
+            Self::Deleted => "deleted",
         }
     }
 
     pub fn parse(stored: &str) -> Option<Self> {
         match stored {
             "active" => Some(Self::Active),
+            "deleted" => Some(Self::Deleted),
             _ => None,
         }
     }
@@ -37,4 +41,8 @@ pub struct User {
     pub status: AccountStatus,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// When the owner deleted the account (deleted accounts only).
+    pub deleted_at: Option<Timestamp>,
+    /// When a deleted account is erased; it can be restored until then.
+    pub purge_after: Option<Timestamp>,
 }

@@ -66,6 +66,10 @@ pub struct Settings {
     pub job_timeout_secs: u64,
     /// Milliseconds a worker's claim on an email it is sending is honoured by other workers.
     pub email_claim_lease_ms: u64,
+    /// Seconds a deleted account can be restored before it is erased.
+    pub deletion_grace_period: u64,
+    /// Accounts erased at most per sweep, so one sweep's work stays bounded.
+    pub purge_batch: i64,
     /// Seconds between two sweeps of `beat` (expired tokens, old records, and accounts due for
     /// erasure).
     pub purge_interval: u64,
@@ -120,6 +124,8 @@ impl Default for Settings {
             job_timeout_secs: 60,
             email_claim_lease_ms: 120_000,
             purge_interval: 60,
+            deletion_grace_period: 2_592_000,
+            purge_batch: 500,
             relay_interval_ms: 1_000,
             run_background_in_serve: true,
             argon2_memory_kib: 19_456,

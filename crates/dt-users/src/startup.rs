@@ -176,8 +176,7 @@ impl Background {
         }
         if roles.beat {
             let beat = Beat::new(
-                app.db.clone(),
-                app.clock.clone(),
+                app.clone(),
                 Duration::from_secs(settings.purge_interval.max(1)),
             );
             tasks.push(tokio::spawn(beat.run(stopped)));

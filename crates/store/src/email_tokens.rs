@@ -146,3 +146,39 @@ pub async fn peek_email_token(
     })
     .transpose()
 }
+
+/// An emailed token as the owner's data export shows it (never the token or its hash).
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    pub purpose: String,
+    pub email: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub used_at: Option<Timestamp>,
+}
+
+pub async fn email_tokens_of(
+    conn: &mut AnyConnection,
+    user_id: Uuid,
+) -> Result<Vec<TokenRecord>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT purpose, email, created_at, expires_at, used_at FROM email_tokens \
+         WHERE user_id = ? ORDER BY created_at",
+    )
+    .bind(user_id.to_string())
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(TokenRecord {
+                purpose: row.try_get("purpose")?,
+                email: row.try_get("email")?,
+                created_at: Timestamp::from_millis(row.try_get("created_at")?),
+                expires_at: Timestamp::from_millis(row.try_get("expires_at")?),
+                used_at: row
+                    .try_get::<Option<i64>, _>("used_at")?
+                    .map(Timestamp::from_millis),
+            })
+        })
+        .collect()
+}

@@ -18,14 +18,17 @@ pub use coordination::{
 };
 pub use db::{Db, Dialect};
 pub use email_tokens::{
-    LiveToken, TokenPurpose, delete_stale_email_tokens, insert_email_token, peek_email_token,
-    revoke_email_tokens, use_email_token,
+    LiveToken, TokenPurpose, TokenRecord, delete_stale_email_tokens, email_tokens_of,
+    insert_email_token, peek_email_token, revoke_email_tokens, use_email_token,
 };
 pub use error::{Conflict, StoreError};
 pub use migrations::MigrationState;
 pub use outbox::{
-    NewOutboxRow, OutboxKind, OutboxRow, backlog, delete_dispatched, insert_outbox,
-    mark_dispatched, pending_outbox, postpone,
+    EmailRecord, NewOutboxRow, OutboxKind, OutboxRow, backlog, delete_dispatched, emails_of,
+    insert_outbox, mark_dispatched, outbox_payload, pending_outbox, postpone,
 };
 pub use sqlx::AnyConnection;
-pub use users::{insert_user, lock_user, update_user, user_by_email, user_by_id, user_by_username};
+pub use users::{
+    due_for_purge, erase_user, insert_user, lock_user, update_user, user_by_email, user_by_id,
+    user_by_username,
+};

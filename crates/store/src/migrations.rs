@@ -19,6 +19,11 @@ const MYSQL: Embedded = &[
         "outbox and email tokens",
         include_str!("../migrations/mysql/0002_outbox_and_email_tokens.sql"),
     ),
+    (
+        3,
+        "account deletion",
+        include_str!("../migrations/mysql/0003_account_deletion.sql"),
+    ),
 ];
 
 const SQLITE: Embedded = &[
@@ -31,6 +36,11 @@ const SQLITE: Embedded = &[
         2,
         "outbox and email tokens",
         include_str!("../migrations/sqlite/0002_outbox_and_email_tokens.sql"),
+    ),
+    (
+        3,
+        "account deletion",
+        include_str!("../migrations/sqlite/0003_account_deletion.sql"),
     ),
 ];
 

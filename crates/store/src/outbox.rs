@@ -173,3 +173,50 @@ pub async fn delete_dispatched(
         .await?;
     Ok(done.rows_affected())
 }
+
+/// The payload of the outbox row `id`, if it still exists (erasure removes a user's rows).
+pub async fn outbox_payload(
+    conn: &mut AnyConnection,
+    id: Uuid,
+) -> Result<Option<String>, StoreError> {
+    let row = sqlx::query("SELECT payload FROM outbox WHERE id = ?")
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|r| r.try_get("payload")).transpose()?)
+}
+
+/// An email intent as the owner's data export shows it.
+#[derive(Debug, Clone)]
+pub struct EmailRecord {
+    pub kind: String,
+    /// The intent as recorded (recipient, greeting, template values).
+    pub payload: String,
+    pub created_at: Timestamp,
+    pub dispatched_at: Option<Timestamp>,
+}
+
+pub async fn emails_of(
+    conn: &mut AnyConnection,
+    user_id: Uuid,
+) -> Result<Vec<EmailRecord>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT name, payload, created_at, dispatched_at FROM outbox \
+         WHERE user_id = ? AND kind = 'email' ORDER BY seq",
+    )
+    .bind(user_id.to_string())
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(EmailRecord {
+                kind: row.try_get("name")?,
+                payload: row.try_get("payload")?,
+                created_at: Timestamp::from_millis(row.try_get("created_at")?),
+                dispatched_at: row
+                    .try_get::<Option<i64>, _>("dispatched_at")?
+                    .map(Timestamp::from_millis),
+            })
+        })
+        .collect()
+}

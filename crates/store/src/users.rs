@@ -6,15 +6,15 @@ use uuid::Uuid;
 use crate::StoreError;
 
 const COLUMNS: &str = "id, email, email_verified, username, display_name, bio, avatar_url, \
-                       password_hash, status, created_at, updated_at";
+                       password_hash, status, created_at, updated_at, deleted_at, purge_after";
 
 const INSERT: &str = "INSERT INTO users (id, email, email_lower, email_verified, username, \
-     username_lower, display_name, bio, avatar_url, password_hash, status, created_at, updated_at) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+     username_lower, display_name, bio, avatar_url, password_hash, status, created_at, updated_at, \
+     deleted_at, purge_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 const UPDATE: &str = "UPDATE users SET email = ?, email_lower = ?, email_verified = ?, \
      username = ?, username_lower = ?, display_name = ?, bio = ?, avatar_url = ?, \
-     password_hash = ?, status = ?, updated_at = ? WHERE id = ?";
+     password_hash = ?, status = ?, updated_at = ?, deleted_at = ?, purge_after = ? WHERE id = ?";
 
 fn select_where(condition: &str) -> String {
     format!("SELECT {COLUMNS} FROM users WHERE {condition}")
@@ -37,6 +37,12 @@ fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
             .ok_or_else(|| StoreError::Corrupt(format!("user {id}: status {status}")))?,
         created_at: Timestamp::from_millis(row.try_get("created_at")?),
         updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
+        deleted_at: row
+            .try_get::<Option<i64>, _>("deleted_at")?
+            .map(Timestamp::from_millis),
+        purge_after: row
+            .try_get::<Option<i64>, _>("purge_after")?
+            .map(Timestamp::from_millis),
     })
 }
 
@@ -69,6 +75,8 @@ pub async fn insert_user(conn: &mut AnyConnection, user: &User) -> Result<(), St
         .bind(user.status.as_str())
         .bind(user.created_at.as_millis())
         .bind(user.updated_at.as_millis())
+        .bind(user.deleted_at.map(Timestamp::as_millis))
+        .bind(user.purge_after.map(Timestamp::as_millis))
         .execute(conn)
         .await?;
     Ok(())
@@ -88,6 +96,8 @@ pub async fn update_user(conn: &mut AnyConnection, user: &User) -> Result<(), St
         .bind(user.password_hash.clone())
         .bind(user.status.as_str())
         .bind(user.updated_at.as_millis())
+        .bind(user.deleted_at.map(Timestamp::as_millis))
+        .bind(user.purge_after.map(Timestamp::as_millis))
         .bind(user.id.to_string())
         .execute(conn)
         .await?;
@@ -127,4 +137,45 @@ pub async fn lock_user(
         crate::Dialect::Sqlite => "id = ?",
     };
     fetch_one_user(conn, condition, id.to_string()).await
+}
+
+/// Deleted accounts whose grace period ended by `now`, oldest first, at most `limit`. Served
+/// by the `(status, purge_after)` index: the cost follows the number of due accounts.
+pub async fn due_for_purge(
+    conn: &mut AnyConnection,
+    now: Timestamp,
+    limit: i64,
+) -> Result<Vec<Uuid>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id FROM users WHERE status = 'deleted' AND purge_after <= ? ORDER BY purge_after LIMIT ?",
+    )
+    .bind(now.as_millis())
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get("id")?;
+            Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))
+        })
+        .collect()
+}
+
+/// Erases an account's row and every row that holds its personal data (its email tokens and
+/// its email intents). Event rows hold public fields at most and stay to be published.
+pub async fn erase_user(conn: &mut AnyConnection, id: Uuid) -> Result<(), StoreError> {
+    let id = id.to_string();
+    sqlx::query("DELETE FROM email_tokens WHERE user_id = ?")
+        .bind(id.clone())
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM outbox WHERE user_id = ? AND kind = 'email'")
+        .bind(id.clone())
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM users WHERE id = ?")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }

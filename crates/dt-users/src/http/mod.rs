@@ -1,6 +1,7 @@
 //! The HTTP API: routes, layers and the OpenAPI document.
 
 mod auth;
+mod deletion;
 mod email;
 pub mod extract;
 mod meta;
@@ -92,7 +93,10 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(email::request_verification))
         .routes(routes!(email::forgot))
         .routes(routes!(email::reset))
-        .routes(routes!(users::current, users::update))
+        .routes(routes!(users::current, users::update, deletion::delete))
+        .routes(routes!(deletion::restore))
+        .routes(routes!(deletion::request_restore))
+        .routes(routes!(deletion::export))
         .routes(routes!(users::sessions))
         .routes(routes!(users::end_session))
         .routes(routes!(users::public_profile))

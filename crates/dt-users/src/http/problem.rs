@@ -25,6 +25,10 @@ pub struct Problem {
     /// Field errors of a 422.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<FieldErrorView>>,
+    /// Members particular to a problem (`restore_until` of `account_deleted`).
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub extensions: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -58,6 +62,7 @@ pub struct ApiError {
     title: &'static str,
     detail: Option<String>,
     errors: Option<Vec<FieldError>>,
+    extensions: serde_json::Map<String, serde_json::Value>,
     bearer_error: Option<&'static str>,
     cause: Option<String>,
 }
@@ -70,9 +75,16 @@ impl ApiError {
             title,
             detail: None,
             errors: None,
+            extensions: serde_json::Map::new(),
             bearer_error: None,
             cause: None,
         }
+    }
+
+    /// Adds a member to the problem document.
+    pub fn extension(mut self, name: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.extensions.insert(name.to_owned(), value.into());
+        self
     }
 
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
@@ -167,6 +179,9 @@ impl From<ServiceError> for ApiError {
             )
             .detail("The email or password is wrong.")
             .bearer(None),
+            ServiceError::AccountDeleted { restore_until } => Self::new(S::FORBIDDEN, "account_deleted", "Account deleted")
+                .detail("This account was deleted. It can be restored with the link sent by email until `restore_until`.")
+                .extension("restore_until", restore_until.to_rfc3339()),
             ServiceError::WrongCurrentPassword => {
                 Self::new(S::FORBIDDEN, "invalid_credentials", "Invalid credentials")
                     .detail("The current password is wrong.")
@@ -236,6 +251,7 @@ impl IntoResponse for ApiError {
             detail: self.detail,
             code: self.code.to_owned(),
             errors: self.errors.map(|e| e.into_iter().map(Into::into).collect()),
+            extensions: self.extensions,
         };
         let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
         let mut response = (self.status, json).into_response();

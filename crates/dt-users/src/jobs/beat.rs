@@ -1,16 +1,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dt_users_domain::Clock;
-use dt_users_store::{self as store, Db};
+use dt_users_store as store;
 use tokio::sync::watch;
+
+use crate::service::{App, ServiceError};
 
 /// Periodic sweeps. Several `beat` processes may run; a lease in the database makes exactly
 /// one of them do the work, and another takes over within three intervals if it dies.
 #[derive(Debug, Clone)]
 pub struct Beat {
-    db: Db,
-    clock: Arc<dyn Clock>,
+    app: Arc<App>,
     interval: Duration,
     holder: String,
 }
@@ -19,21 +19,20 @@ pub struct Beat {
 const RETENTION_SECS: u64 = 7 * 86_400;
 
 impl Beat {
-    pub fn new(db: Db, clock: Arc<dyn Clock>, interval: Duration) -> Self {
+    pub fn new(app: Arc<App>, interval: Duration) -> Self {
         let holder = super::worker_name().replacen("email@", "beat@", 1);
         Self {
-            db,
-            clock,
+            app,
             interval,
             holder,
         }
     }
 
     /// One tick: takes (or renews) the lease, and sweeps if it holds it. True when it swept.
-    pub async fn tick(&self) -> Result<bool, dt_users_store::StoreError> {
-        let now = self.clock.now();
+    pub async fn tick(&self) -> Result<bool, ServiceError> {
+        let now = self.app.now();
         let ttl_ms = i64::try_from(self.interval.as_millis().saturating_mul(3)).unwrap_or(i64::MAX);
-        let mut conn = self.db.pool().acquire().await?;
+        let mut conn = self.app.db.pool().acquire().await?;
         if !store::acquire_lease(&mut conn, "beat", &self.holder, now, ttl_ms).await? {
             return Ok(false);
         }
@@ -43,8 +42,13 @@ impl Beat {
         let tokens = store::delete_stale_email_tokens(&mut conn, cutoff).await?;
         let outbox = store::delete_dispatched(&mut conn, cutoff).await?;
         let deliveries = store::delete_old_deliveries(&mut conn, cutoff).await?;
+        drop(conn);
+        let purged = self
+            .app
+            .purge_due_accounts(now, self.app.settings.purge_batch)
+            .await?;
         metrics::counter!("beat_sweeps_total").increment(1);
-        tracing::info!(holder = %self.holder, tokens, outbox, deliveries, "sweep done");
+        tracing::info!(holder = %self.holder, tokens, outbox, deliveries, purged, "sweep done");
         Ok(true)
     }
 

@@ -7,19 +7,20 @@ mod relay;
 mod worker;
 
 use serde::{Deserialize, Serialize};
-
-use crate::email::EmailIntent;
+use uuid::Uuid;
 
 pub use beat::Beat;
 pub use queue::JobQueue;
 pub use relay::OutboxRelay;
 pub use worker::{EmailWorker, worker_name};
 
-/// Send one email. Delivered at least once; the worker makes that "exactly once" but for a
-/// worker dying between the SMTP server's acceptance and recording it.
+/// Send the email of one outbox intent. Delivered at least once; the worker makes that
+/// "exactly once" but for a worker dying between the SMTP server's acceptance and recording
+/// it. The job names the intent only: the queue holds no personal data (the address and name
+/// stay in the outbox row, which erasure removes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendEmailJob {
-    pub intent: EmailIntent,
+    pub intent_id: Uuid,
 }
 
 impl SendEmailJob {

@@ -6,7 +6,6 @@ use dt_users_store::{self as store, Db, OutboxKind};
 use tokio::sync::Notify;
 
 use super::{JobQueue, SendEmailJob};
-use crate::email::EmailIntent;
 
 /// Hands committed email intents from the outbox to the job queue, in outbox order, at least
 /// once: a row is marked dispatched only after its job is safely queued.
@@ -47,20 +46,8 @@ impl OutboxRelay {
             .map_err(|e| e.to_string())?;
         let mut dispatched = 0;
         for row in rows {
-            let intent: EmailIntent = match serde_json::from_str(&row.payload) {
-                Ok(intent) => intent,
-                Err(e) => {
-                    // A row this release cannot read is kept (and retried slowly), never dropped.
-                    tracing::error!(outbox_id = %row.id, error = %e, "unreadable email intent in the outbox");
-                    let later = self.clock.now().plus_secs(3600);
-                    store::postpone(&mut conn, row.seq, later, &e.to_string())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    continue;
-                }
-            };
             tracing::debug!(outbox_id = %row.id, attempts = row.attempts, "queueing email job");
-            if let Err(e) = self.queue.push(SendEmailJob { intent }).await {
+            if let Err(e) = self.queue.push(SendEmailJob { intent_id: row.id }).await {
                 let wait = 1_u64 << row.attempts.clamp(0, 6);
                 store::postpone(&mut conn, row.seq, self.clock.now().plus_secs(wait), &e)
                     .await

@@ -254,7 +254,18 @@ fn retry_policy(
 }
 
 async fn send_email(job: SendEmailJob, worker: Data<EmailWorker>) -> Result<(), BoxDynError> {
-    worker.deliver(&job.intent).await
+    let payload = {
+        let mut conn = worker.state.db.pool().acquire().await?;
+        store::outbox_payload(&mut conn, job.intent_id).await?
+    };
+    let Some(payload) = payload else {
+        // The account was erased (or the record expired): there is nothing left to send.
+        tracing::info!(intent_id = %job.intent_id, "email intent no longer exists; nothing to send");
+        return Ok(());
+    };
+    let intent: EmailIntent = serde_json::from_str(&payload)
+        .map_err(|e| AbortError::new(JobFailed(format!("unreadable email intent: {e}"))))?;
+    worker.deliver(&intent).await
 }
 
 /// Ends a job that has used its attempts (or failed for good) as dead: logged, counted in

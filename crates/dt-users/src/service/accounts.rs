@@ -90,6 +90,8 @@ impl App {
             status: AccountStatus::Active,
             created_at: now,
             updated_at: now,
+            deleted_at: None,
+            purge_after: None,
         };
         let mut tx = self.db.begin_write().await?;
         store::insert_user(&mut tx, &user).await?;

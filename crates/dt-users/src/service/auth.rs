@@ -107,8 +107,14 @@ impl App {
         if verified == Verified::No {
             return Err(ServiceError::InvalidCredentials);
         }
+        // Only a correct password learns why the account cannot sign in.
         match user.status {
             AccountStatus::Active => {}
+            AccountStatus::Deleted => {
+                return Err(ServiceError::AccountDeleted {
+                    restore_until: user.purge_after.unwrap_or(user.updated_at),
+                });
+            }
         }
         if verified == Verified::YesRehash {
             user.password_hash = self.hasher.hash(password).await?;

@@ -20,7 +20,7 @@ pub(super) fn greeting(user: &User) -> String {
 }
 
 /// Tokens are URL-safe base64 of 256 bits; anything else is refused before any lookup.
-fn plausible_token(token: &str) -> bool {
+pub(super) fn plausible_token(token: &str) -> bool {
     token.len() == 43
         && token
             .bytes()

@@ -17,6 +17,10 @@ pub enum ServiceError {
     UsernameTaken,
     #[error("wrong email or password")]
     InvalidCredentials,
+    #[error("the account was deleted; it can be restored until {restore_until:?}")]
+    AccountDeleted {
+        restore_until: dt_users_domain::Timestamp,
+    },
     #[error("the current password is wrong")]
     WrongCurrentPassword,
     #[error("no access token was presented")]

@@ -2,6 +2,7 @@
 
 mod accounts;
 mod auth;
+mod deletion;
 mod email_flows;
 mod error;
 mod profile;
@@ -19,6 +20,7 @@ use crate::sessions::SessionStore;
 
 pub use accounts::RegisterInput;
 pub use auth::{ClientInfo, LogoutScope, TokenPair};
+pub use deletion::AccountExport;
 pub use error::ServiceError;
 pub use profile::ProfilePatch;
 

@@ -1,6 +1,5 @@
 //! Of several `beat` processes, exactly one sweeps; another takes over when it stops.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use dt_users::jobs::Beat;
@@ -10,9 +9,8 @@ use crate::helpers::TestApp;
 #[tokio::test]
 async fn exactly_one_beat_sweeps_and_another_takes_over_when_it_dies() {
     let app = TestApp::spawn().await;
-    let clock: Arc<dyn dt_users::domain::Clock> = Arc::new(app.clock.clone());
     let beats: Vec<Beat> = (0..3)
-        .map(|_| Beat::new(app.app.db.clone(), clock.clone(), Duration::from_secs(60)))
+        .map(|_| Beat::new(app.app.clone(), Duration::from_secs(60)))
         .collect();
     for round in 0..3 {
         let mut swept = 0;

@@ -13,6 +13,7 @@ mod mail;
 
 mod auth_tokens;
 mod beat;
+mod deletion;
 mod email_faults;
 mod email_flows;
 mod embedded;

@@ -1,0 +1,282 @@
+//! Account deletion that can be undone: soft delete, restoration within the grace period,
+//! erasure after it, and the export of everything held about a user.
+
+use std::collections::BTreeMap;
+
+use dt_users_domain::{AccountStatus, Email, Timestamp, User, normalize_password};
+use dt_users_store::{self as store, NewOutboxRow, OutboxKind, TokenPurpose};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{App, ServiceError};
+use crate::email::EmailKind;
+use crate::security::access_token::TokenSubject;
+use crate::security::password_hasher::Verified;
+use crate::security::secret_token::hash_secret;
+use crate::sessions::Session;
+
+/// Everything dt-users holds about one user (GDPR right of access).
+#[derive(Debug)]
+pub struct AccountExport {
+    pub user: User,
+    pub sessions: Vec<Session>,
+    pub email_tokens: Vec<store::TokenRecord>,
+    pub emails: Vec<store::EmailRecord>,
+}
+
+impl App {
+    /// Records a domain event in the outbox, in the caller's transaction.
+    pub(super) async fn record_event(
+        &self,
+        conn: &mut store::AnyConnection,
+        user_id: Uuid,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<(), ServiceError> {
+        let row = NewOutboxRow {
+            id: Uuid::now_v7(),
+            kind: OutboxKind::Event,
+            name: event_type.to_owned(),
+            user_id,
+            payload: data.to_string(),
+        };
+        store::insert_outbox(conn, &row, self.now()).await?;
+        Ok(())
+    }
+
+    /// Deletes the caller's account, reversibly: every session ends, a restoration email goes
+    /// out, and the account is erased once the grace period is over.
+    #[tracing::instrument(skip_all, fields(user_id = %subject.user_id))]
+    pub async fn delete_account(
+        &self,
+        subject: TokenSubject,
+        password: &str,
+    ) -> Result<Timestamp, ServiceError> {
+        let user = self.current_user(subject).await?;
+        let verified = self
+            .hasher
+            .verify(normalize_password(password), user.password_hash.clone())
+            .await?;
+        if verified == Verified::No {
+            return Err(ServiceError::WrongCurrentPassword);
+        }
+        let now = self.now();
+        let restore_until = now.plus_secs(self.settings.deletion_grace_period);
+        let mut tx = self.db.begin_write().await?;
+        let mut user = store::lock_user(&mut tx, user.id, self.db.dialect())
+            .await?
+            .filter(|u| u.status == AccountStatus::Active)
+            .ok_or(ServiceError::SessionRevoked)?;
+        user.status = AccountStatus::Deleted;
+        user.deleted_at = Some(now);
+        user.purge_after = Some(restore_until);
+        user.updated_at = now;
+        store::update_user(&mut tx, &user).await?;
+        for purpose in [
+            TokenPurpose::VerifyEmail,
+            TokenPurpose::ResetPassword,
+            TokenPurpose::RestoreAccount,
+        ] {
+            store::revoke_email_tokens(&mut tx, user.id, purpose, now).await?;
+        }
+        self.queue_restore_email(&mut tx, &user, restore_until)
+            .await?;
+        self.record_event(
+            &mut tx,
+            user.id,
+            "devtalk.user.deleted",
+            json!({"user_id": user.id, "restore_until": restore_until.to_rfc3339()}),
+        )
+        .await?;
+        // Sessions end before the deletion commits: no token outlives it.
+        let ended = self.sessions.revoke_all(user.id, None).await?;
+        tx.commit().await?;
+        self.outbox_committed();
+        tracing::info!(sessions = ended.len(), restore_until = %restore_until.to_rfc3339(), "account deleted");
+        Ok(restore_until)
+    }
+
+    async fn queue_restore_email(
+        &self,
+        conn: &mut store::AnyConnection,
+        user: &User,
+        restore_until: Timestamp,
+    ) -> Result<(), ServiceError> {
+        let params = BTreeMap::from([
+            ("restore_until".to_owned(), restore_until.to_rfc3339()),
+            (
+                "restore_until_ms".to_owned(),
+                restore_until.as_millis().to_string(),
+            ),
+        ]);
+        let to = user.email.as_str().to_owned();
+        self.queue_email(
+            conn,
+            EmailKind::AccountRestore,
+            user,
+            &to,
+            Some(TokenPurpose::RestoreAccount),
+            params,
+        )
+        .await
+    }
+
+    /// Restores a deleted account with the token from the restoration email. Does not sign
+    /// the user in. Serialized with erasure by the account's row lock: of a restore and an
+    /// erasure racing, exactly one happens.
+    #[tracing::instrument(skip_all)]
+    pub async fn restore_account(&self, token: &str) -> Result<User, ServiceError> {
+        if !super::email_flows::plausible_token(token) {
+            return Err(ServiceError::InvalidEmailToken);
+        }
+        let token_hash = hash_secret(token);
+        let now = self.now();
+        let mut tx = self.db.begin_write().await?;
+        let live = store::peek_email_token(&mut tx, &token_hash, TokenPurpose::RestoreAccount, now)
+            .await?
+            .ok_or(ServiceError::InvalidEmailToken)?;
+        // Lock the account first (as erasure does), then use the token.
+        let mut user = store::lock_user(&mut tx, live.user_id, self.db.dialect())
+            .await?
+            .filter(|u| {
+                u.status == AccountStatus::Deleted && u.purge_after.is_some_and(|p| p > now)
+            })
+            .ok_or(ServiceError::InvalidEmailToken)?;
+        store::use_email_token(&mut tx, &token_hash, TokenPurpose::RestoreAccount, now)
+            .await?
+            .ok_or(ServiceError::InvalidEmailToken)?;
+        user.status = AccountStatus::Active;
+        user.deleted_at = None;
+        user.purge_after = None;
+        user.updated_at = now;
+        store::update_user(&mut tx, &user).await?;
+        self.record_event(
+            &mut tx,
+            user.id,
+            "devtalk.user.restored",
+            public_user_json(&user),
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(user_id = %user.id, "account restored");
+        Ok(user)
+    }
+
+    /// Sends a fresh restoration email if `email` belongs to a deleted, not yet erased
+    /// account. Answers the same, at once, either way: the work happens off the request path.
+    pub fn request_restore(
+        self: &std::sync::Arc<Self>,
+        email: &str,
+    ) -> tokio::task::JoinHandle<()> {
+        let app = self.clone();
+        let key = Email::lookup_key_of(email);
+        tokio::spawn(async move {
+            if let Err(e) = app.send_restore_email(&key).await {
+                tracing::warn!(error = %e, "restoration request not recorded");
+            }
+        })
+    }
+
+    async fn send_restore_email(&self, email_key: &str) -> Result<(), ServiceError> {
+        let now = self.now();
+        let mut tx = self.db.begin_write().await?;
+        let Some(user) = store::user_by_email(&mut tx, email_key).await? else {
+            return Ok(());
+        };
+        let Some(user) = store::lock_user(&mut tx, user.id, self.db.dialect())
+            .await?
+            .filter(|u| u.status == AccountStatus::Deleted)
+        else {
+            return Ok(());
+        };
+        let Some(restore_until) = user.purge_after.filter(|p| *p > now) else {
+            return Ok(());
+        };
+        store::revoke_email_tokens(&mut tx, user.id, TokenPurpose::RestoreAccount, now).await?;
+        self.queue_restore_email(&mut tx, &user, restore_until)
+            .await?;
+        tx.commit().await?;
+        self.outbox_committed();
+        tracing::info!(user_id = %user.id, "restoration email requested");
+        Ok(())
+    }
+
+    /// Erases up to `batch` accounts whose grace period ended by `now`; returns how many.
+    pub async fn purge_due_accounts(
+        &self,
+        now: Timestamp,
+        batch: i64,
+    ) -> Result<usize, ServiceError> {
+        let due = {
+            let mut conn = self.db.pool().acquire().await?;
+            store::due_for_purge(&mut conn, now, batch).await?
+        };
+        let mut erased = 0;
+        for user_id in due {
+            if self.erase_account(user_id, now).await? {
+                erased += 1;
+            }
+        }
+        if erased > 0 {
+            metrics::counter!("accounts_purged_total").increment(erased as u64);
+            self.outbox_committed();
+        }
+        Ok(erased)
+    }
+
+    /// Erases one account if it is still deleted and due (a restore may have won the race).
+    /// Idempotent: an account already erased is simply not found.
+    pub async fn erase_account(&self, user_id: Uuid, now: Timestamp) -> Result<bool, ServiceError> {
+        let mut tx = self.db.begin_write().await?;
+        let due = store::lock_user(&mut tx, user_id, self.db.dialect())
+            .await?
+            .filter(|u| {
+                u.status == AccountStatus::Deleted && u.purge_after.is_some_and(|p| p <= now)
+            });
+        if due.is_none() {
+            return Ok(false);
+        }
+        store::erase_user(&mut tx, user_id).await?;
+        self.record_event(
+            &mut tx,
+            user_id,
+            "devtalk.user.purged",
+            json!({"user_id": user_id}),
+        )
+        .await?;
+        self.sessions.revoke_all(user_id, None).await?;
+        tx.commit().await?;
+        tracing::info!(%user_id, "account erased");
+        Ok(true)
+    }
+
+    /// Everything held about the caller.
+    pub async fn export_account(
+        &self,
+        subject: TokenSubject,
+    ) -> Result<AccountExport, ServiceError> {
+        let user = self.current_user(subject).await?;
+        let sessions = self.sessions.list(user.id, self.now()).await?;
+        let mut conn = self.db.pool().acquire().await?;
+        let email_tokens = store::email_tokens_of(&mut conn, user.id).await?;
+        let emails = store::emails_of(&mut conn, user.id).await?;
+        Ok(AccountExport {
+            user,
+            sessions,
+            email_tokens,
+            emails,
+        })
+    }
+}
+
+/// The public view of a user, as events carry it.
+pub(super) fn public_user_json(user: &User) -> serde_json::Value {
+    json!({
+        "id": user.id,
+        "username": user.username.as_str(),
+        "display_name": user.display_name,
+        "bio": user.bio,
+        "avatar_url": user.avatar_url,
+        "created_at": user.created_at.to_rfc3339(),
+    })
+}
