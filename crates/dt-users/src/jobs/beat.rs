@@ -30,6 +30,7 @@ impl Beat {
 
     /// One tick: takes (or renews) the lease, and sweeps if it holds it. True when it swept.
     pub async fn tick(&self) -> Result<bool, ServiceError> {
+        let started = std::time::Instant::now();
         let now = self.app.now();
         let ttl_ms = i64::try_from(self.interval.as_millis().saturating_mul(3)).unwrap_or(i64::MAX);
         let mut conn = self.app.db.pool().acquire().await?;
@@ -48,7 +49,9 @@ impl Beat {
             .purge_due_accounts(now, self.app.settings.purge_batch)
             .await?;
         metrics::counter!("beat_sweeps_total").increment(1);
-        tracing::info!(holder = %self.holder, tokens, outbox, deliveries, purged, "sweep done");
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        metrics::histogram!("beat_sweep_duration_seconds").record(elapsed_ms / 1000.0);
+        tracing::info!(holder = %self.holder, tokens, outbox, deliveries, purged, elapsed_ms, "sweep done");
         Ok(true)
     }
 
