@@ -168,22 +168,17 @@ impl App {
         self: &std::sync::Arc<Self>,
         email: &str,
     ) -> tokio::task::JoinHandle<()> {
-        let app = self.clone();
         let key = Email::lookup_key_of(email);
-        tokio::spawn(async move {
-            if let Err(e) = app.send_restore_email(&key).await {
-                tracing::warn!(error = %e, "restoration request not recorded");
-            }
+        self.after_response("restoration request", move |app| async move {
+            app.send_restore_email(&key).await
         })
     }
 
     async fn send_restore_email(&self, email_key: &str) -> Result<(), ServiceError> {
         let now = self.now();
         let mut tx = self.db.begin_write().await?;
-        let Some(user) = store::user_by_email(&mut tx, email_key).await? else {
-            return Ok(());
-        };
-        let Some(user) = store::lock_user(&mut tx, user.id, self.db.dialect())
+        let Some(user) = self
+            .lock_user_by_email(&mut tx, email_key)
             .await?
             .filter(|u| u.status == AccountStatus::Deleted)
         else {

@@ -1,6 +1,9 @@
 //! Email verification and password reset, and the email intents every use-case records.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
 
 use dt_users_domain::{AccountStatus, Email, NewPassword, PasswordRules, User};
 use dt_users_store::{self as store, AnyConnection, NewOutboxRow, OutboxKind, TokenPurpose};
@@ -149,30 +152,53 @@ impl App {
 
     /// Starts a password reset. Answers the same, at once, whether or not the address has an
     /// account: the lookup and the email happen off the request path.
-    pub fn forgot_password(
-        self: &std::sync::Arc<Self>,
-        email: &str,
-    ) -> tokio::task::JoinHandle<()> {
-        let app = self.clone();
+    pub fn forgot_password(self: &Arc<Self>, email: &str) -> JoinHandle<()> {
         let key = Email::lookup_key_of(email);
+        self.after_response("password reset request", move |app| async move {
+            app.send_password_reset(&key).await
+        })
+    }
+
+    /// Runs `work` after the answer has gone, so that whether an address has an account never
+    /// shows in the response or its timing.
+    pub(super) fn after_response<F, Fut>(
+        self: &Arc<Self>,
+        what: &'static str,
+        work: F,
+    ) -> JoinHandle<()>
+    where
+        F: FnOnce(Arc<App>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
+    {
+        let app = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = app.send_password_reset(&key).await {
-                tracing::warn!(error = %e, "password reset request not recorded");
+            if let Err(e) = work(app).await {
+                tracing::warn!(error = %e, "{what} not recorded");
             }
         })
     }
 
+    /// Locks the account registered under `email_key`, if there is one, in `tx`.
+    pub(super) async fn lock_user_by_email(
+        &self,
+        conn: &mut AnyConnection,
+        email_key: &str,
+    ) -> Result<Option<User>, ServiceError> {
+        let Some(user) = store::user_by_email(conn, email_key).await? else {
+            return Ok(None);
+        };
+        Ok(store::lock_user(conn, user.id, self.db.dialect()).await?)
+    }
+
     async fn send_password_reset(&self, email_key: &str) -> Result<(), ServiceError> {
         let mut tx = self.db.begin_write().await?;
-        let Some(user) = store::user_by_email(&mut tx, email_key).await? else {
+        let Some(user) = self
+            .lock_user_by_email(&mut tx, email_key)
+            .await?
+            .filter(|u| u.status == AccountStatus::Active)
+        else {
             return Ok(());
         };
-        if user.status != AccountStatus::Active {
-            return Ok(());
-        }
-        let user = store::lock_user(&mut tx, user.id, self.db.dialect())
-            .await?
-            .ok_or(ServiceError::NotFound)?;
         store::revoke_email_tokens(&mut tx, user.id, TokenPurpose::ResetPassword, self.now())
             .await?;
         let to = user.email.as_str().to_owned();
