@@ -42,7 +42,7 @@ export RUST_LOG=warn
 
 # N email intents (security notices, no token) straight into the outbox.
 mariadb -uroot -h127.0.0.1 "$DB" -e "
-SET SESSION cte_max_recursion_depth = 1000000;
+SET SESSION max_recursive_iterations = 100000000;
 INSERT INTO outbox (id, kind, name, user_id, payload, created_at, next_attempt_at)
 WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < $N)
 SELECT u.id, 'email', 'password_changed', u.uid,
@@ -61,4 +61,4 @@ START=$(date +%s.%N)
 "$BIN" worker & WORKER=$!
 while [ "$(cat "$SINK_DIR/count" 2>/dev/null || echo 0)" -lt "$N" ]; do sleep 0.05; done
 END=$(date +%s.%N)
-python3 -c "d=$END-$START; print(f'{$N} emails in {d:.2f} s: {$N/d:.0f} emails/s (one worker, concurrency ' + '${DT_USERS_WORKER_CONCURRENCY:-4}' + ')')"
+python3 -c "d=$END-$START; print(f'{$N} emails in {d:.2f} s: {$N/d:.0f} emails/s (one worker, concurrency ' + '${DT_USERS_WORKER_CONCURRENCY:-16}' + ')')"

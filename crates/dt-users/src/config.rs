@@ -115,7 +115,7 @@ impl Default for Settings {
             email_token_ttl: 86_400,
             jobs_url: None,
             jobs_namespace: "dt-users:jobs".into(),
-            worker_concurrency: 4,
+            worker_concurrency: 16,
             job_max_attempts: 8,
             job_backoff_ms: 2_000,
             job_backoff_max_ms: 600_000,

@@ -153,3 +153,17 @@ pub async fn acquire_lease(
         Err(e) => Err(e.into()),
     }
 }
+
+/// Gives the lease `name` up if `holder` has it, so another process can take over at once.
+pub async fn release_lease(
+    conn: &mut AnyConnection,
+    name: &str,
+    holder: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM leases WHERE name = ? AND holder = ?")
+        .bind(name.to_owned())
+        .bind(holder.to_owned())
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -14,7 +14,7 @@ mod users;
 
 pub use coordination::{
     DeliveryClaim, acquire_lease, claim_delivery, delete_old_deliveries, mark_sent,
-    release_delivery,
+    release_delivery, release_lease,
 };
 pub use db::{Db, Dialect};
 pub use email_tokens::{

@@ -66,5 +66,9 @@ impl Beat {
                 () = tokio::time::sleep(self.interval) => {}
             }
         }
+        // Stopping cleanly hands the lease on at once instead of after it runs out.
+        if let Ok(mut conn) = self.app.db.pool().acquire().await {
+            let _ = store::release_lease(&mut conn, "beat", &self.holder).await;
+        }
     }
 }

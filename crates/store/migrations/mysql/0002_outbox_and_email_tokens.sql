@@ -14,6 +14,7 @@ CREATE TABLE outbox (
     PRIMARY KEY (seq),
     CONSTRAINT uq_outbox_id UNIQUE (id),
     INDEX ix_outbox_pending (kind, dispatched_at, seq),
+    INDEX ix_outbox_dispatched (dispatched_at),
     INDEX ix_outbox_user (user_id)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci;
 
@@ -27,7 +28,8 @@ CREATE TABLE email_tokens (
     expires_at BIGINT       NOT NULL,
     used_at    BIGINT       NULL,
     PRIMARY KEY (token_hash),
-    INDEX ix_email_tokens_user (user_id, purpose)
+    INDEX ix_email_tokens_user (user_id, purpose),
+    INDEX ix_email_tokens_expiry (expires_at)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci;
 
 -- One row per email intent a worker has started or finished sending: makes a job that is
@@ -38,7 +40,8 @@ CREATE TABLE email_deliveries (
     claimed_by VARCHAR(128) NOT NULL,
     claimed_at BIGINT      NOT NULL,
     sent_at    BIGINT      NULL,
-    PRIMARY KEY (intent_id)
+    PRIMARY KEY (intent_id),
+    INDEX ix_email_deliveries_claimed (claimed_at)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci;
 
 -- Named leases, so that of several `beat` processes exactly one runs the sweeps.

@@ -14,6 +14,7 @@ CREATE TABLE outbox (
 );
 CREATE UNIQUE INDEX uq_outbox_id ON outbox (id);
 CREATE INDEX ix_outbox_pending ON outbox (kind, dispatched_at, seq);
+CREATE INDEX ix_outbox_dispatched ON outbox (dispatched_at);
 CREATE INDEX ix_outbox_user ON outbox (user_id);
 
 -- Single-use tokens sent by email; only their SHA-256 is kept.
@@ -27,6 +28,7 @@ CREATE TABLE email_tokens (
     used_at    INTEGER NULL
 );
 CREATE INDEX ix_email_tokens_user ON email_tokens (user_id, purpose);
+CREATE INDEX ix_email_tokens_expiry ON email_tokens (expires_at);
 
 -- One row per email intent a worker has started or finished sending.
 CREATE TABLE email_deliveries (
@@ -36,6 +38,7 @@ CREATE TABLE email_deliveries (
     claimed_at INTEGER NOT NULL,
     sent_at    INTEGER NULL
 );
+CREATE INDEX ix_email_deliveries_claimed ON email_deliveries (claimed_at);
 
 -- Named leases, so that of several `beat` processes exactly one runs the sweeps.
 CREATE TABLE leases (
