@@ -33,6 +33,11 @@ impl Timestamp {
     pub fn to_rfc3339(self) -> String {
         crate::time_fmt::rfc3339(self.as_secs())
     }
+
+    /// RFC 3339 in UTC with milliseconds, for event times.
+    pub fn to_rfc3339_millis(self) -> String {
+        crate::time_fmt::rfc3339_millis(self.0)
+    }
 }
 
 impl Serialize for Timestamp {

@@ -58,6 +58,26 @@ pub struct Settings {
     pub job_backoff_ms: u64,
     /// The longest wait between two attempts of a job, milliseconds.
     pub job_backoff_max_ms: u64,
+    /// Kafka bootstrap servers (`host:port,…`); unset: events stay in the outbox.
+    pub kafka_bootstrap_servers: Option<String>,
+    /// The topic events are published to.
+    pub kafka_events_topic: String,
+    /// The topic commands are read from.
+    pub kafka_commands_topic: String,
+    /// Where unreadable or inapplicable commands go, with the reason in headers.
+    pub kafka_dlq_topic: String,
+    /// The consumer group of `consume`.
+    pub kafka_group_id: String,
+    /// Idempotent producer (the `tansu` test broker needs `false`).
+    pub kafka_idempotence: bool,
+    /// Milliseconds the producer keeps trying to deliver one event.
+    pub kafka_message_timeout_ms: u64,
+    /// Consumer group session timeout, milliseconds.
+    pub kafka_session_timeout_ms: u64,
+    /// Consumer heartbeat interval, milliseconds.
+    pub kafka_heartbeat_interval_ms: u64,
+    /// Longest wait of a fetch for new commands, milliseconds.
+    pub kafka_fetch_wait_max_ms: u64,
     /// Seconds between job-queue heartbeats of a worker.
     pub jobs_heartbeat_secs: u64,
     /// Heartbeats a worker may miss before its in-flight jobs are handed to another worker.
@@ -119,6 +139,16 @@ impl Default for Settings {
             job_max_attempts: 8,
             job_backoff_ms: 2_000,
             job_backoff_max_ms: 600_000,
+            kafka_bootstrap_servers: None,
+            kafka_events_topic: "devtalk.users.events".into(),
+            kafka_commands_topic: "devtalk.users.commands".into(),
+            kafka_dlq_topic: "devtalk.users.commands.dlq".into(),
+            kafka_group_id: "dt-users".into(),
+            kafka_idempotence: true,
+            kafka_message_timeout_ms: 10_000,
+            kafka_session_timeout_ms: 6_000,
+            kafka_heartbeat_interval_ms: 1_000,
+            kafka_fetch_wait_max_ms: 100,
             jobs_heartbeat_secs: 5,
             jobs_missed_heartbeats: 6,
             job_timeout_secs: 60,
@@ -175,6 +205,12 @@ impl Settings {
 
     pub fn smtp_url(&self) -> Option<&str> {
         self.smtp_url.as_deref().filter(|u| !u.trim().is_empty())
+    }
+
+    pub fn kafka_bootstrap_servers(&self) -> Option<&str> {
+        self.kafka_bootstrap_servers
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
     }
 
     pub fn jobs_url(&self) -> Option<&str> {

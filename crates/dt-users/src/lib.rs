@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod email;
+pub mod events;
 pub mod http;
 pub mod jobs;
 pub mod security;

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::email::Mailer;
+use crate::events::EventRelay;
 use crate::jobs::{Beat, EmailWorker, JobQueue, OutboxRelay};
 use crate::security::access_token::AccessTokens;
 use crate::security::email_token::EmailTokens;
@@ -173,6 +174,12 @@ impl Background {
                     worker.run(queue, &settings, stopped).await
                 }));
             }
+        }
+        if roles.relay
+            && let Some(bootstrap) = settings.kafka_bootstrap_servers()
+        {
+            let relay = EventRelay::new(app.clone(), bootstrap).map_err(StartupError::Config)?;
+            tasks.push(tokio::spawn(relay.run(stopped.clone())));
         }
         if roles.beat {
             let beat = Beat::new(

@@ -47,12 +47,13 @@ pub struct OutboxRow {
     pub user_id: Uuid,
     pub payload: String,
     pub attempts: i64,
+    pub created_at: Timestamp,
 }
 
 const INSERT: &str = "INSERT INTO outbox (id, kind, name, user_id, payload, created_at, next_attempt_at) \
                       VALUES (?, ?, ?, ?, ?, ?, ?)";
 
-const PENDING: &str = "SELECT seq, id, name, user_id, payload, attempts FROM outbox \
+const PENDING: &str = "SELECT seq, id, name, user_id, payload, attempts, created_at FROM outbox \
                        WHERE kind = ? AND dispatched_at IS NULL AND next_attempt_at <= ? \
                        ORDER BY seq LIMIT ?";
 
@@ -99,6 +100,7 @@ fn row_of(row: &AnyRow) -> Result<OutboxRow, StoreError> {
         user_id: parse(&user_id)?,
         payload: row.try_get("payload")?,
         attempts: row.try_get("attempts")?,
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
     })
 }
 

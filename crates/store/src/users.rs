@@ -161,15 +161,16 @@ pub async fn due_for_purge(
         .collect()
 }
 
-/// Erases an account's row and every row that holds its personal data (its email tokens and
-/// its email intents). Event rows hold public fields at most and stay to be published.
+/// Erases an account's row and every row that holds its personal data: its email tokens and
+/// all its outbox rows — email intents, and events, which may hold its public profile (an
+/// event not yet published is superseded by the `purged` event the caller records next).
 pub async fn erase_user(conn: &mut AnyConnection, id: Uuid) -> Result<(), StoreError> {
     let id = id.to_string();
     sqlx::query("DELETE FROM email_tokens WHERE user_id = ?")
         .bind(id.clone())
         .execute(&mut *conn)
         .await?;
-    sqlx::query("DELETE FROM outbox WHERE user_id = ? AND kind = 'email'")
+    sqlx::query("DELETE FROM outbox WHERE user_id = ?")
         .bind(id.clone())
         .execute(&mut *conn)
         .await?;

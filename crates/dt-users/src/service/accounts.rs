@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use dt_users_store::{self as store, TokenPurpose};
 use uuid::Uuid;
 
+use super::events::public_user_json;
 use super::{App, ServiceError};
 use crate::email::EmailKind;
+use crate::events::types;
 use crate::security::access_token::TokenSubject;
 
 /// A registration as received; parsed into domain types by [`App::register`].
@@ -95,6 +97,8 @@ impl App {
         };
         let mut tx = self.db.begin_write().await?;
         store::insert_user(&mut tx, &user).await?;
+        self.record_event(&mut tx, user.id, types::REGISTERED, public_user_json(&user))
+            .await?;
         let to = user.email.as_str().to_owned();
         self.queue_email(
             &mut tx,

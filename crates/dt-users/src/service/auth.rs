@@ -178,9 +178,26 @@ impl App {
             Rotation::WithinGrace | Rotation::Invalid => Err(ServiceError::InvalidRefreshToken),
             Rotation::Reused { session_id } => {
                 tracing::warn!(%user_id, %session_id, "refresh token reused: session revoked");
+                // The session already ended in the store; announcing it is best effort here.
+                if let Err(e) = self.announce_sessions_revoked(user_id, &[session_id]).await {
+                    tracing::warn!(error = %e, "sessions_revoked event not recorded");
+                }
                 Err(ServiceError::RefreshTokenReused)
             }
         }
+    }
+
+    async fn announce_sessions_revoked(
+        &self,
+        user_id: Uuid,
+        ended: &[Uuid],
+    ) -> Result<(), ServiceError> {
+        let mut tx = self.db.begin_write().await?;
+        self.record_sessions_revoked(&mut tx, user_id, ended)
+            .await?;
+        tx.commit().await?;
+        self.outbox_committed();
+        Ok(())
     }
 
     /// Verifies an access token and that its session is still alive.
@@ -207,12 +224,18 @@ impl App {
         subject: TokenSubject,
         scope: LogoutScope,
     ) -> Result<(), ServiceError> {
+        let mut tx = self.db.begin_write().await?;
         let ended = match scope {
             LogoutScope::Local => {
-                self.sessions
+                let ended = self
+                    .sessions
                     .revoke(subject.user_id, subject.session_id)
                     .await?;
-                vec![subject.session_id]
+                if ended {
+                    vec![subject.session_id]
+                } else {
+                    Vec::new()
+                }
             }
             LogoutScope::Others => {
                 self.sessions
@@ -221,6 +244,10 @@ impl App {
             }
             LogoutScope::Global => self.sessions.revoke_all(subject.user_id, None).await?,
         };
+        self.record_sessions_revoked(&mut tx, subject.user_id, &ended)
+            .await?;
+        tx.commit().await?;
+        self.outbox_committed();
         tracing::info!(user_id = %subject.user_id, sessions = ended.len(), "signed out");
         Ok(())
     }
@@ -234,12 +261,16 @@ impl App {
         subject: TokenSubject,
         session_id: Uuid,
     ) -> Result<(), ServiceError> {
-        if self.sessions.revoke(subject.user_id, session_id).await? {
-            tracing::info!(user_id = %subject.user_id, %session_id, "session ended");
-            Ok(())
-        } else {
-            Err(ServiceError::NotFound)
+        let mut tx = self.db.begin_write().await?;
+        if !self.sessions.revoke(subject.user_id, session_id).await? {
+            return Err(ServiceError::NotFound);
         }
+        self.record_sessions_revoked(&mut tx, subject.user_id, &[session_id])
+            .await?;
+        tx.commit().await?;
+        self.outbox_committed();
+        tracing::info!(user_id = %subject.user_id, %session_id, "session ended");
+        Ok(())
     }
 }
 

@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 
 use dt_users_domain::{AccountStatus, Email, Timestamp, User, normalize_password};
-use dt_users_store::{self as store, NewOutboxRow, OutboxKind, TokenPurpose};
+use dt_users_store::{self as store, TokenPurpose};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::events::public_user_json;
 use super::{App, ServiceError};
 use crate::email::EmailKind;
+use crate::events::types;
 use crate::security::access_token::TokenSubject;
 use crate::security::password_hasher::Verified;
 use crate::security::secret_token::hash_secret;
@@ -25,25 +27,6 @@ pub struct AccountExport {
 }
 
 impl App {
-    /// Records a domain event in the outbox, in the caller's transaction.
-    pub(super) async fn record_event(
-        &self,
-        conn: &mut store::AnyConnection,
-        user_id: Uuid,
-        event_type: &str,
-        data: serde_json::Value,
-    ) -> Result<(), ServiceError> {
-        let row = NewOutboxRow {
-            id: Uuid::now_v7(),
-            kind: OutboxKind::Event,
-            name: event_type.to_owned(),
-            user_id,
-            payload: data.to_string(),
-        };
-        store::insert_outbox(conn, &row, self.now()).await?;
-        Ok(())
-    }
-
     /// Deletes the caller's account, reversibly: every session ends, a restoration email goes
     /// out, and the account is erased once the grace period is over.
     #[tracing::instrument(skip_all, fields(user_id = %subject.user_id))]
@@ -84,11 +67,12 @@ impl App {
         self.record_event(
             &mut tx,
             user.id,
-            "devtalk.user.deleted",
+            types::DELETED,
             json!({"user_id": user.id, "restore_until": restore_until.to_rfc3339()}),
         )
         .await?;
         // Sessions end before the deletion commits: no token outlives it.
+        // (`deleted` tells other services that every session ended; no `sessions_revoked`.)
         let ended = self.sessions.revoke_all(user.id, None).await?;
         tx.commit().await?;
         self.outbox_committed();
@@ -150,13 +134,8 @@ impl App {
         user.purge_after = None;
         user.updated_at = now;
         store::update_user(&mut tx, &user).await?;
-        self.record_event(
-            &mut tx,
-            user.id,
-            "devtalk.user.restored",
-            public_user_json(&user),
-        )
-        .await?;
+        self.record_event(&mut tx, user.id, types::RESTORED, public_user_json(&user))
+            .await?;
         tx.commit().await?;
         tracing::info!(user_id = %user.id, "account restored");
         Ok(user)
@@ -232,13 +211,8 @@ impl App {
             return Ok(false);
         }
         store::erase_user(&mut tx, user_id).await?;
-        self.record_event(
-            &mut tx,
-            user_id,
-            "devtalk.user.purged",
-            json!({"user_id": user_id}),
-        )
-        .await?;
+        self.record_event(&mut tx, user_id, types::PURGED, json!({"user_id": user_id}))
+            .await?;
         self.sessions.revoke_all(user_id, None).await?;
         tx.commit().await?;
         tracing::info!(%user_id, "account erased");
@@ -262,16 +236,4 @@ impl App {
             emails,
         })
     }
-}
-
-/// The public view of a user, as events carry it.
-pub(super) fn public_user_json(user: &User) -> serde_json::Value {
-    json!({
-        "id": user.id,
-        "username": user.username.as_str(),
-        "display_name": user.display_name,
-        "bio": user.bio,
-        "avatar_url": user.avatar_url,
-        "created_at": user.created_at.to_rfc3339(),
-    })
 }

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::accounts::into_field_error;
 use super::{App, ServiceError};
 use crate::email::{EmailIntent, EmailKind};
+use crate::events::types;
 use crate::security::access_token::TokenSubject;
 use crate::security::secret_token::hash_secret;
 
@@ -144,6 +145,13 @@ impl App {
             user.email_verified = true;
             user.updated_at = now;
             store::update_user(&mut tx, &user).await?;
+            self.record_event(
+                &mut tx,
+                user.id,
+                types::EMAIL_VERIFIED,
+                serde_json::json!({"user_id": user.id}),
+            )
+            .await?;
         }
         tx.commit().await?;
         tracing::info!(user_id = %user.id, "email verified");
@@ -287,6 +295,7 @@ impl App {
         self.queue_email(conn, EmailKind::PasswordChanged, user, &to, None, params)
             .await?;
         let ended = self.sessions.revoke_all(user.id, keep).await?;
+        self.record_sessions_revoked(conn, user.id, &ended).await?;
         tracing::info!(user_id = %user.id, sessions = ended.len(), "password changed; sessions ended");
         Ok(())
     }

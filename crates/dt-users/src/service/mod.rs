@@ -5,6 +5,7 @@ mod auth;
 mod deletion;
 mod email_flows;
 mod error;
+mod events;
 mod profile;
 
 use std::sync::Arc;

@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 use dt_users_store::{self as store, TokenPurpose};
 
 use super::accounts::into_field_error;
+use super::events::public_user_json;
 use super::{App, ServiceError};
 use crate::email::EmailKind;
+use crate::events::types;
 use crate::security::access_token::TokenSubject;
 use crate::security::password_hasher::Verified;
 
@@ -140,6 +142,20 @@ impl App {
 
         let mut tx = self.db.begin_write().await?;
         store::update_user(&mut tx, &user).await?;
+        let changed: Vec<&str> = [
+            ("username", user.username != before.username),
+            ("display_name", user.display_name != before.display_name),
+            ("bio", user.bio != before.bio),
+            ("avatar_url", user.avatar_url != before.avatar_url),
+        ]
+        .into_iter()
+        .filter_map(|(field, differs)| differs.then_some(field))
+        .collect();
+        if !changed.is_empty() {
+            let data = serde_json::json!({"changed": changed, "user": public_user_json(&user)});
+            self.record_event(&mut tx, user.id, types::UPDATED, data)
+                .await?;
+        }
         if user.email.lookup_key() != old_email.lookup_key() {
             let now = self.now();
             let params = BTreeMap::from([

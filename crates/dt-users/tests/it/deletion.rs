@@ -277,8 +277,8 @@ async fn after_the_grace_period_the_account_is_erased_everywhere() {
     )
     .await;
 
-    // No row anywhere still holds the address, the name or the user id (but the events that
-    // announce the deletion and the erasure, which carry the id only).
+    // No row anywhere still holds the address or the profile; of the user id, only the event
+    // that announces the erasure.
     let mut conn = db(&app).await;
     for (table, column) in [
         ("users", "email"),
@@ -307,7 +307,7 @@ async fn after_the_grace_period_the_account_is_erased_everywhere() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(left, ["devtalk.user.deleted", "devtalk.user.purged"]);
+    assert_eq!(left, ["devtalk.user.purged"]);
     let users: i64 = sqlx::query("SELECT COUNT(*) FROM users")
         .fetch_one(&mut conn)
         .await

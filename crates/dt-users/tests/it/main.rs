@@ -9,6 +9,7 @@
 )]
 
 mod helpers;
+mod kafka;
 mod mail;
 
 mod auth_tokens;
@@ -17,6 +18,7 @@ mod deletion;
 mod email_faults;
 mod email_flows;
 mod embedded;
+mod events;
 mod faults;
 mod logout_sessions;
 mod meta;

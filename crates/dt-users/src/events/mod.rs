@@ -1,0 +1,38 @@
+//! Events for the other Dev Talk services: recorded in the outbox by the use-cases, published
+//! to Kafka as CloudEvents 1.0 by the [`EventRelay`], in commit order per user.
+
+mod relay;
+
+use dt_users_store::OutboxRow;
+use serde_json::{Value, json};
+
+pub use relay::{EventRelay, ensure_topics, producer_config};
+
+/// The event types dt-users publishes (the CloudEvents `type`).
+pub mod types {
+    pub const REGISTERED: &str = "devtalk.user.registered";
+    pub const UPDATED: &str = "devtalk.user.updated";
+    pub const EMAIL_VERIFIED: &str = "devtalk.user.email_verified";
+    pub const DELETED: &str = "devtalk.user.deleted";
+    pub const RESTORED: &str = "devtalk.user.restored";
+    pub const PURGED: &str = "devtalk.user.purged";
+    pub const BANNED: &str = "devtalk.user.banned";
+    pub const UNBANNED: &str = "devtalk.user.unbanned";
+    pub const SESSIONS_REVOKED: &str = "devtalk.user.sessions_revoked";
+}
+
+/// The CloudEvents 1.0 JSON document of an outbox event row. Its `id` is the row's id, so a
+/// row published twice is recognisably the same event.
+pub fn cloud_event(row: &OutboxRow) -> Value {
+    let data: Value = serde_json::from_str(&row.payload).unwrap_or(Value::Null);
+    json!({
+        "specversion": "1.0",
+        "id": row.id,
+        "source": "dt-users",
+        "type": row.name,
+        "time": row.created_at.to_rfc3339_millis(),
+        "subject": row.user_id,
+        "datacontenttype": "application/json",
+        "data": data,
+    })
+}
