@@ -8,6 +8,8 @@ pub enum AccountStatus {
     Active,
     /// Deleted by its owner: restorable until `purge_after`, then erased.
     Deleted,
+    /// Banned by moderation (a `devtalk.user.ban` command) until unbanned.
+    Banned,
 }
 
 impl AccountStatus {
@@ -15,6 +17,7 @@ impl AccountStatus {
         match self {
             Self::Active => "active",
             Self::Deleted => "deleted",
+            Self::Banned => "banned",
         }
     }
 
@@ -22,6 +25,7 @@ impl AccountStatus {
         match stored {
             "active" => Some(Self::Active),
             "deleted" => Some(Self::Deleted),
+            "banned" => Some(Self::Banned),
             _ => None,
         }
     }

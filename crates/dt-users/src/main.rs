@@ -36,8 +36,10 @@ enum Command {
     Worker,
     /// Run the periodic sweeps; of several instances, one does the work at a time.
     Beat,
-    /// Hand committed outbox rows to the job queue.
+    /// Hand committed outbox rows on: emails to the job queue, events to Kafka.
     Relay,
+    /// Apply the commands of other services from Kafka (ban, unban, revoke sessions).
+    Consume,
 }
 
 async fn shutdown_signal() {
@@ -68,11 +70,12 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), Box<dyn std::error::Err
             let application = Application::build(settings, &host, port).await?;
             application.run_until(shutdown_signal()).await?;
         }
-        Command::Worker | Command::Beat | Command::Relay => {
+        Command::Worker | Command::Beat | Command::Relay | Command::Consume => {
             let roles = Roles {
                 relay: matches!(cli.command, Command::Relay),
                 worker: matches!(cli.command, Command::Worker),
                 beat: matches!(cli.command, Command::Beat),
+                consume: matches!(cli.command, Command::Consume),
             };
             let app = build_app(settings, Arc::new(SystemClock)).await?;
             let background = Background::start(&app, roles).await?;

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::email::Mailer;
-use crate::events::EventRelay;
+use crate::events::{CommandConsumer, EventRelay};
 use crate::jobs::{Beat, EmailWorker, JobQueue, OutboxRelay};
 use crate::security::access_token::AccessTokens;
 use crate::security::email_token::EmailTokens;
@@ -114,13 +114,16 @@ pub struct Roles {
     pub relay: bool,
     pub worker: bool,
     pub beat: bool,
+    pub consume: bool,
 }
 
 impl Roles {
+    /// What `serve` runs in-process for a single node.
     pub const ALL: Self = Self {
         relay: true,
         worker: true,
         beat: true,
+        consume: true,
     };
 }
 
@@ -180,6 +183,13 @@ impl Background {
         {
             let relay = EventRelay::new(app.clone(), bootstrap).map_err(StartupError::Config)?;
             tasks.push(tokio::spawn(relay.run(stopped.clone())));
+        }
+        if roles.consume
+            && let Some(bootstrap) = settings.kafka_bootstrap_servers()
+        {
+            let consumer =
+                CommandConsumer::new(app.clone(), bootstrap).map_err(StartupError::Config)?;
+            tasks.push(tokio::spawn(consumer.run(stopped.clone())));
         }
         if roles.beat {
             let beat = Beat::new(

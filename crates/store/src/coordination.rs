@@ -167,3 +167,37 @@ pub async fn release_lease(
         .await?;
     Ok(())
 }
+
+/// Records that the command `id` was handled (`applied` or `rejected`), in the caller's
+/// transaction. False when it was recorded before: the command must not take effect again.
+pub async fn record_command(
+    conn: &mut AnyConnection,
+    id: &str,
+    command_type: &str,
+    outcome: &str,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO processed_commands (id, type, outcome, processed_at) VALUES (?, ?, ?, ?)",
+    )
+    .bind(id.to_owned())
+    .bind(command_type.to_owned())
+    .bind(outcome.to_owned())
+    .bind(now.as_millis())
+    .execute(conn)
+    .await;
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(e) if is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// True when the command `id` was handled before.
+pub async fn command_seen(conn: &mut AnyConnection, id: &str) -> Result<bool, StoreError> {
+    let row = sqlx::query("SELECT 1 FROM processed_commands WHERE id = ?")
+        .bind(id.to_owned())
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.is_some())
+}

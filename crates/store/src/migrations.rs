@@ -24,6 +24,11 @@ const MYSQL: Embedded = &[
         "account deletion",
         include_str!("../migrations/mysql/0003_account_deletion.sql"),
     ),
+    (
+        4,
+        "commands",
+        include_str!("../migrations/mysql/0004_commands.sql"),
+    ),
 ];
 
 const SQLITE: Embedded = &[
@@ -41,6 +46,11 @@ const SQLITE: Embedded = &[
         3,
         "account deletion",
         include_str!("../migrations/sqlite/0003_account_deletion.sql"),
+    ),
+    (
+        4,
+        "commands",
+        include_str!("../migrations/sqlite/0004_commands.sql"),
     ),
 ];
 

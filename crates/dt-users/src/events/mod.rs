@@ -1,11 +1,13 @@
 //! Events for the other Dev Talk services: recorded in the outbox by the use-cases, published
 //! to Kafka as CloudEvents 1.0 by the [`EventRelay`], in commit order per user.
 
+mod consumer;
 mod relay;
 
 use dt_users_store::OutboxRow;
 use serde_json::{Value, json};
 
+pub use consumer::{CommandConsumer, parse_command};
 pub use relay::{EventRelay, ensure_topics, producer_config};
 
 /// The event types dt-users publishes (the CloudEvents `type`).

@@ -182,6 +182,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::AccountDeleted { restore_until } => Self::new(S::FORBIDDEN, "account_deleted", "Account deleted")
                 .detail("This account was deleted. It can be restored with the link sent by email until `restore_until`.")
                 .extension("restore_until", restore_until.to_rfc3339()),
+            ServiceError::AccountBanned => Self::new(S::FORBIDDEN, "account_banned", "Account banned")
+                .detail("This account was banned by the moderators."),
             ServiceError::WrongCurrentPassword => {
                 Self::new(S::FORBIDDEN, "invalid_credentials", "Invalid credentials")
                     .detail("The current password is wrong.")

@@ -115,6 +115,7 @@ impl App {
                     restore_until: user.purge_after.unwrap_or(user.updated_at),
                 });
             }
+            AccountStatus::Banned => return Err(ServiceError::AccountBanned),
         }
         if verified == Verified::YesRehash {
             user.password_hash = self.hasher.hash(password).await?;

@@ -21,6 +21,8 @@ pub enum ServiceError {
     AccountDeleted {
         restore_until: dt_users_domain::Timestamp,
     },
+    #[error("the account is banned")]
+    AccountBanned,
     #[error("the current password is wrong")]
     WrongCurrentPassword,
     #[error("no access token was presented")]

@@ -6,6 +6,7 @@ mod deletion;
 mod email_flows;
 mod error;
 mod events;
+mod moderation;
 mod profile;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub use accounts::RegisterInput;
 pub use auth::{ClientInfo, LogoutScope, TokenPair};
 pub use deletion::AccountExport;
 pub use error::ServiceError;
+pub use moderation::{Command, CommandOutcome};
 pub use profile::ProfilePatch;
 
 /// Everything the use-cases need, built once per process.

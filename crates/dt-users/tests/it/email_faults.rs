@@ -152,6 +152,7 @@ async fn a_worker_killed_while_sending_is_replaced_and_the_email_arrives_at_most
             relay: true,
             worker: false,
             beat: false,
+            consume: false,
         },
     )
     .await

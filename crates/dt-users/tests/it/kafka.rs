@@ -96,6 +96,8 @@ impl Drop for Broker {
 pub struct Record {
     pub key: String,
     pub value: Value,
+    pub raw: Vec<u8>,
+    pub headers: std::collections::HashMap<String, String>,
 }
 
 /// Reads `topic` from the beginning until `done` holds for what was read, or `limit` passes.
@@ -127,11 +129,25 @@ pub fn read_until(
                 .key()
                 .map(|k| String::from_utf8_lossy(k).into_owned())
                 .unwrap_or_default();
-            let value = message
-                .payload()
-                .and_then(|p| serde_json::from_slice(p).ok())
-                .unwrap_or(Value::Null);
-            records.push(Record { key, value });
+            let raw = message.payload().unwrap_or_default().to_vec();
+            let value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+            let mut headers = std::collections::HashMap::new();
+            if let Some(h) = message.headers() {
+                use rdkafka::message::Headers;
+                for header in h.iter() {
+                    let value = header
+                        .value
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .unwrap_or_default();
+                    headers.insert(header.key.to_owned(), value);
+                }
+            }
+            records.push(Record {
+                key,
+                value,
+                raw,
+                headers,
+            });
         }
     }
     records
@@ -143,4 +159,27 @@ pub fn with_kafka(settings: &mut dt_users::config::Settings, bootstrap: &str) {
     settings.kafka_idempotence = false;
     settings.relay_interval_ms = 100;
     settings.run_background_in_serve = true;
+    settings.kafka_session_timeout_ms = 3_000;
+    settings.kafka_heartbeat_interval_ms = 300;
+    settings.kafka_fetch_wait_max_ms = 50;
+    settings.kafka_group_id = format!("dt-users-{}", uuid::Uuid::new_v4().simple());
+}
+
+/// Sends `payload` to `topic` (creating the topic first).
+pub async fn produce(bootstrap: &str, topic: &str, key: &str, payload: &[u8]) {
+    dt_users::events::ensure_topics(bootstrap, &[topic])
+        .await
+        .unwrap();
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "false")
+        .create()
+        .unwrap();
+    let record = rdkafka::producer::FutureRecord::to(topic)
+        .key(key)
+        .payload(payload);
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .unwrap();
 }

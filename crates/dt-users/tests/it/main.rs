@@ -14,6 +14,7 @@ mod mail;
 
 mod auth_tokens;
 mod beat;
+mod commands;
 mod deletion;
 mod email_faults;
 mod email_flows;

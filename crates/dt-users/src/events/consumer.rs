@@ -1,0 +1,295 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::relay::{ensure_topics, producer_config};
+use crate::service::{App, Command, CommandOutcome};
+
+/// Reads `devtalk.users.commands` in a consumer group and applies each command once. An
+/// offset is committed only after the command's effect is durable; a message that cannot be
+/// parsed or applied goes to the DLQ with the reason in its headers, and the next one follows.
+pub struct CommandConsumer {
+    app: Arc<App>,
+    bootstrap: String,
+    consumer: StreamConsumer,
+    dlq: FutureProducer,
+}
+
+impl std::fmt::Debug for CommandConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandConsumer")
+            .field("bootstrap", &self.bootstrap)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A command as received: its CloudEvents `id` and what it asks for, or why it is unusable.
+pub fn parse_command(payload: Option<&[u8]>) -> Result<(String, Command), String> {
+    let payload = payload.ok_or("empty message")?;
+    let value: Value = serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
+    let envelope = value.as_object().ok_or("not a JSON object")?;
+    if envelope.get("specversion").and_then(Value::as_str) != Some("1.0") {
+        return Err("specversion must be \"1.0\"".into());
+    }
+    let id = envelope
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty() && id.len() <= 128)
+        .ok_or("id must be a string of 1 to 128 characters")?
+        .to_owned();
+    let data = envelope
+        .get("data")
+        .and_then(Value::as_object)
+        .ok_or("data must be an object")?;
+    let user_id = data
+        .get("user_id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::try_parse(s).ok())
+        .ok_or("data.user_id must be a UUID")?;
+    let command = match envelope.get("type").and_then(Value::as_str) {
+        Some("devtalk.user.ban") => {
+            let reason = match data.get("reason") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(r)) if r.chars().count() <= 500 => Some(r.clone()),
+                Some(_) => {
+                    return Err("data.reason must be a string of at most 500 characters".into());
+                }
+            };
+            Command::Ban { user_id, reason }
+        }
+        Some("devtalk.user.unban") => Command::Unban { user_id },
+        Some("devtalk.user.revoke_sessions") => Command::RevokeSessions { user_id },
+        Some(other) => return Err(format!("unknown command type {other:?}")),
+        None => return Err("type must be a string".into()),
+    };
+    Ok((id, command))
+}
+
+impl CommandConsumer {
+    pub fn new(app: Arc<App>, bootstrap: &str) -> Result<Self, String> {
+        let settings = &app.settings;
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", &settings.kafka_group_id)
+            .set("client.id", "dt-users")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "session.timeout.ms",
+                settings.kafka_session_timeout_ms.to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                settings.kafka_heartbeat_interval_ms.to_string(),
+            )
+            .set(
+                "fetch.wait.max.ms",
+                settings.kafka_fetch_wait_max_ms.to_string(),
+            )
+            .create()
+            .map_err(|e| e.to_string())?;
+        let dlq: FutureProducer = producer_config(settings, bootstrap)
+            .create()
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            app,
+            bootstrap: bootstrap.to_owned(),
+            consumer,
+            dlq,
+        })
+    }
+
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let settings = &self.app.settings;
+        let topics = [
+            settings.kafka_commands_topic.as_str(),
+            settings.kafka_dlq_topic.as_str(),
+        ];
+        while let Err(e) = ensure_topics(&self.bootstrap, &topics).await {
+            tracing::warn!(error = %e, "command topics not ready; retrying");
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+        if let Err(e) = self.consumer.subscribe(&[&settings.kafka_commands_topic]) {
+            tracing::error!(error = %e, "cannot subscribe to the commands topic");
+            return;
+        }
+        tracing::info!(topic = %settings.kafka_commands_topic, group = %settings.kafka_group_id, "command consumer started");
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                message = self.consumer.recv() => message,
+            };
+            match message {
+                Ok(message) => {
+                    if self.handle(&message, &mut shutdown).await {
+                        if let Err(e) = self.consumer.commit_message(&message, CommitMode::Sync) {
+                            tracing::warn!(error = %e, "offset not committed; the command may be delivered again");
+                        }
+                    } else {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading commands failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        tracing::info!("command consumer stopped");
+    }
+
+    /// Handles one message until its outcome is durable; false if shutdown came first.
+    async fn handle(
+        &self,
+        message: &BorrowedMessage<'_>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let (id, command) = match parse_command(message.payload()) {
+            Ok(parsed) => parsed,
+            Err(reason) => return self.dead_letter(message, &reason, shutdown).await,
+        };
+        let mut failures: u32 = 0;
+        loop {
+            match self.app.apply_command(&id, &command).await {
+                Ok(CommandOutcome::Applied) => {
+                    metrics::counter!("commands_total", "type" => command.type_name(), "outcome" => "applied").increment(1);
+                    return true;
+                }
+                Ok(CommandOutcome::AlreadyHandled) => {
+                    metrics::counter!("commands_total", "type" => command.type_name(), "outcome" => "duplicate").increment(1);
+                    tracing::info!(command_id = %id, "command already handled; delivery ignored");
+                    return true;
+                }
+                Ok(CommandOutcome::Rejected(reason)) => {
+                    if !self.dead_letter(message, &reason, shutdown).await {
+                        return false;
+                    }
+                    if let Err(e) = self
+                        .app
+                        .record_rejected_command(&id, command.type_name())
+                        .await
+                    {
+                        tracing::warn!(error = %e, "rejected command not recorded");
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    // The database or Redis is down: keep the offset, retry the same command.
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(command_id = %id, error = %e, failures, "command not applied yet; retrying");
+                    let wait = Duration::from_millis(200 * (1_u64 << failures.min(7)))
+                        .min(Duration::from_secs(15));
+                    tokio::select! {
+                        _ = shutdown.wait_for(|stop| *stop) => return false,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the message to the DLQ with the reason in headers; retried until it is stored.
+    async fn dead_letter(
+        &self,
+        message: &BorrowedMessage<'_>,
+        reason: &str,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let topic = &self.app.settings.kafka_dlq_topic;
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        loop {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "dlq-reason",
+                    value: Some(reason),
+                })
+                .insert(Header {
+                    key: "dlq-original-topic",
+                    value: Some(message.topic()),
+                })
+                .insert(Header {
+                    key: "dlq-original-partition",
+                    value: Some(partition.as_str()),
+                })
+                .insert(Header {
+                    key: "dlq-original-offset",
+                    value: Some(offset.as_str()),
+                });
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            if let Some(payload) = message.payload() {
+                record = record.payload(payload);
+            }
+            match self.dlq.send(record, Duration::from_secs(5)).await {
+                Ok(_) => {
+                    metrics::counter!("commands_dlq_total").increment(1);
+                    tracing::warn!(%reason, partition = %partition, offset = %offset, "command sent to the DLQ");
+                    return true;
+                }
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, "DLQ unreachable; retrying");
+                    tokio::select! {
+                        _ = shutdown.wait_for(|stop| *stop) => return false,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn commands_parse() {
+        let id = Uuid::now_v7();
+        let ban = format!(
+            r#"{{"specversion":"1.0","id":"c1","type":"devtalk.user.ban","data":{{"user_id":"{id}","reason":"spam"}}}}"#
+        );
+        assert_eq!(
+            parse_command(Some(ban.as_bytes())),
+            Ok((
+                "c1".into(),
+                Command::Ban {
+                    user_id: id,
+                    reason: Some("spam".into())
+                }
+            ))
+        );
+        for bad in [
+            "",
+            "not json",
+            "[]",
+            r#"{"specversion":"0.3","id":"x","type":"devtalk.user.ban","data":{}}"#,
+            r#"{"specversion":"1.0","id":"","type":"devtalk.user.ban","data":{"user_id":"x"}}"#,
+            r#"{"specversion":"1.0","id":"x","type":"devtalk.user.delete","data":{"user_id":"00000000-0000-7000-8000-000000000000"}}"#,
+            r#"{"specversion":"1.0","id":"x","type":"devtalk.user.ban","data":{"user_id":"nope"}}"#,
+        ] {
+            assert!(parse_command(Some(bad.as_bytes())).is_err(), "{bad}");
+        }
+        assert!(parse_command(None).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_command(Some(&bytes));
+        }
+    }
+}

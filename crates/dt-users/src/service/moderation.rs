@@ -1,0 +1,135 @@
+//! Commands from other services (moderation): ban, unban, revoke sessions. Each command is
+//! applied once however often it is delivered: its id is recorded in the transaction of its
+//! effect.
+
+use dt_users_domain::AccountStatus;
+use dt_users_store as store;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{App, ServiceError};
+use crate::events::types;
+
+/// A command, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Ban {
+        user_id: Uuid,
+        reason: Option<String>,
+    },
+    Unban {
+        user_id: Uuid,
+    },
+    RevokeSessions {
+        user_id: Uuid,
+    },
+}
+
+impl Command {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Ban { .. } => "devtalk.user.ban",
+            Self::Unban { .. } => "devtalk.user.unban",
+            Self::RevokeSessions { .. } => "devtalk.user.revoke_sessions",
+        }
+    }
+
+    fn user_id(&self) -> Uuid {
+        match self {
+            Self::Ban { user_id, .. }
+            | Self::Unban { user_id }
+            | Self::RevokeSessions { user_id } => *user_id,
+        }
+    }
+}
+
+/// What handling a command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandOutcome {
+    Applied,
+    /// Its id was handled before: nothing happened now.
+    AlreadyHandled,
+    /// It cannot be applied (unknown account, a deleted one); it belongs in the DLQ.
+    Rejected(String),
+}
+
+impl App {
+    #[tracing::instrument(skip_all, fields(command_id = %id, command = command.type_name()))]
+    pub async fn apply_command(
+        &self,
+        id: &str,
+        command: &Command,
+    ) -> Result<CommandOutcome, ServiceError> {
+        let now = self.now();
+        let mut tx = self.db.begin_write().await?;
+        // The id row is written first: a second delivery waits on it, then finds it.
+        if !store::record_command(&mut tx, id, command.type_name(), "applied", now).await? {
+            return Ok(CommandOutcome::AlreadyHandled);
+        }
+        let user_id = command.user_id();
+        let Some(mut user) = store::lock_user(&mut tx, user_id, self.db.dialect()).await? else {
+            return Ok(CommandOutcome::Rejected("no such account".into()));
+        };
+        match command {
+            Command::Ban { reason, .. } => match user.status {
+                AccountStatus::Active => {
+                    user.status = AccountStatus::Banned;
+                    user.updated_at = now;
+                    store::update_user(&mut tx, &user).await?;
+                    self.record_event(
+                        &mut tx,
+                        user_id,
+                        types::BANNED,
+                        json!({"user_id": user_id, "reason": reason}),
+                    )
+                    .await?;
+                    // Every session ends before the ban commits.
+                    self.sessions.revoke_all(user_id, None).await?;
+                }
+                AccountStatus::Banned => {}
+                AccountStatus::Deleted => {
+                    return Ok(CommandOutcome::Rejected("the account is deleted".into()));
+                }
+            },
+            Command::Unban { .. } => match user.status {
+                AccountStatus::Banned => {
+                    user.status = AccountStatus::Active;
+                    user.updated_at = now;
+                    store::update_user(&mut tx, &user).await?;
+                    self.record_event(
+                        &mut tx,
+                        user_id,
+                        types::UNBANNED,
+                        json!({"user_id": user_id, "reason": null}),
+                    )
+                    .await?;
+                }
+                AccountStatus::Active => {}
+                AccountStatus::Deleted => {
+                    return Ok(CommandOutcome::Rejected("the account is deleted".into()));
+                }
+            },
+            Command::RevokeSessions { .. } => {
+                let ended = self.sessions.revoke_all(user_id, None).await?;
+                self.record_sessions_revoked(&mut tx, user_id, &ended)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        self.outbox_committed();
+        tracing::info!(%user_id, "command applied");
+        Ok(CommandOutcome::Applied)
+    }
+
+    /// Records that command `id` was rejected (after it went to the DLQ), so that a redelivery
+    /// is recognised.
+    pub async fn record_rejected_command(
+        &self,
+        id: &str,
+        command_type: &str,
+    ) -> Result<(), ServiceError> {
+        let mut conn = self.db.pool().acquire().await?;
+        store::record_command(&mut conn, id, command_type, "rejected", self.now()).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,243 @@
+//! Commands from other services: applied once however often delivered; garbage goes to the
+//! DLQ and the consumer carries on; a consumer dying before its commit does not apply twice.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::{Connection, Row};
+
+use crate::events::assert_valid_event;
+use crate::helpers::{PASSWORD, SIGNING_KEY, TestApp, assert_problem, mysql_server_url, redis_url};
+use crate::kafka::{Broker, produce, read_until, with_kafka};
+
+const COMMANDS: &str = "devtalk.users.commands";
+
+fn command(id: &str, kind: &str, user_id: &str) -> Vec<u8> {
+    json!({
+        "specversion": "1.0", "id": id, "source": "moderation", "type": kind,
+        "datacontenttype": "application/json", "data": {"user_id": user_id, "reason": "spam"}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+async fn wait_until(limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "timed out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn outbox_count(app: &TestApp, name: &str) -> i64 {
+    let mut conn = sqlx::AnyConnection::connect(&format!("{}/{}", mysql_server_url(), app.db_name))
+        .await
+        .unwrap();
+    sqlx::query("SELECT COUNT(*) FROM outbox WHERE name = ?")
+        .bind(name.to_owned())
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn the_same_ban_delivered_three_times_has_one_effect_and_one_event() {
+    let broker = Broker::start().await;
+    let bootstrap = broker.bootstrap();
+    let app = TestApp::spawn_with(|s| with_kafka(s, &bootstrap)).await;
+    let user = app.register("ada@example.com", "ada").await;
+    let user_id = user["id"].as_str().unwrap().to_owned();
+    let tokens = app.sign_in("ada@example.com").await;
+
+    let ban = command("ban-1", "devtalk.user.ban", &user_id);
+    for _ in 0..3 {
+        produce(&bootstrap, COMMANDS, &user_id, &ban).await;
+    }
+    wait_until(Duration::from_secs(60), async || {
+        app.login("ada@example.com", PASSWORD).await.status() == StatusCode::FORBIDDEN
+    })
+    .await;
+    assert_problem(
+        app.login("ada@example.com", PASSWORD).await,
+        StatusCode::FORBIDDEN,
+        "account_banned",
+    )
+    .await;
+    assert_problem(
+        app.login("ada@example.com", "a wrong password").await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    )
+    .await;
+    assert_problem(
+        app.get_auth("/api/v1/users/current", &tokens.access).await,
+        StatusCode::UNAUTHORIZED,
+        "session_revoked",
+    )
+    .await;
+
+    let key = user_id.clone();
+    let bootstrap_read = bootstrap.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        read_until(
+            &bootstrap_read,
+            "devtalk.users.events",
+            Duration::from_secs(8),
+            |_| false,
+        )
+    })
+    .await
+    .unwrap();
+    let banned: Vec<&Value> = records
+        .iter()
+        .filter(|r| r.key == key && r.value["type"] == "devtalk.user.banned")
+        .map(|r| &r.value)
+        .collect();
+    assert_eq!(banned.len(), 1, "one banned event");
+    assert_eq!(banned[0]["data"]["reason"], "spam");
+    assert_valid_event(banned[0]);
+    assert_eq!(outbox_count(&app, "devtalk.user.banned").await, 1);
+
+    // Unban: the account can sign in again.
+    produce(
+        &bootstrap,
+        COMMANDS,
+        &user_id,
+        &command("unban-1", "devtalk.user.unban", &user_id),
+    )
+    .await;
+    wait_until(Duration::from_secs(30), async || {
+        app.login("ada@example.com", PASSWORD).await.status() == StatusCode::OK
+    })
+    .await;
+    assert_eq!(outbox_count(&app, "devtalk.user.unbanned").await, 1);
+}
+
+#[tokio::test]
+async fn garbage_goes_to_the_dlq_with_its_reason_and_the_next_command_is_applied() {
+    let broker = Broker::start().await;
+    let bootstrap = broker.bootstrap();
+    let app = TestApp::spawn_with(|s| with_kafka(s, &bootstrap)).await;
+    let user = app.register("ada@example.com", "ada").await;
+    let user_id = user["id"].as_str().unwrap().to_owned();
+    let tokens = app.sign_in("ada@example.com").await;
+
+    produce(&bootstrap, COMMANDS, "x", b"this is not a command").await;
+    produce(
+        &bootstrap,
+        COMMANDS,
+        &user_id,
+        &command(
+            "unknown-user",
+            "devtalk.user.ban",
+            "00000000-0000-7000-8000-000000000000",
+        ),
+    )
+    .await;
+    produce(
+        &bootstrap,
+        COMMANDS,
+        &user_id,
+        &command("revoke-1", "devtalk.user.revoke_sessions", &user_id),
+    )
+    .await;
+
+    wait_until(Duration::from_secs(60), async || {
+        app.current_status(&tokens.access).await == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    let read_from = bootstrap.clone();
+    let dlq = tokio::task::spawn_blocking(move || {
+        read_until(
+            &read_from,
+            "devtalk.users.commands.dlq",
+            Duration::from_secs(30),
+            |r| r.len() >= 2,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(dlq.len(), 2);
+    assert_eq!(dlq[0].raw, b"this is not a command");
+    assert!(
+        dlq[0].headers["dlq-reason"].contains("not JSON"),
+        "{:?}",
+        dlq[0].headers
+    );
+    assert_eq!(dlq[0].headers["dlq-original-topic"], COMMANDS);
+    assert_eq!(dlq[1].headers["dlq-reason"], "no such account");
+    assert_eq!(outbox_count(&app, "devtalk.user.sessions_revoked").await, 1);
+}
+
+#[tokio::test]
+async fn a_consumer_killed_before_its_commit_does_not_apply_a_command_twice() {
+    let broker = Broker::start().await;
+    let bootstrap = broker.bootstrap();
+    let app = TestApp::spawn().await;
+    let user = app.register("ada@example.com", "ada").await;
+    let user_id = user["id"].as_str().unwrap().to_owned();
+    let consumer = |group: &str, log: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dt-users"))
+            .arg("consume")
+            .env(
+                "DT_USERS_DATABASE_URL",
+                format!("{}/{}", mysql_server_url(), app.db_name),
+            )
+            .env("DT_USERS_REDIS_URL", redis_url())
+            .env("DT_USERS_REDIS_KEY_PREFIX", &app.redis_prefix)
+            .env("DT_USERS_SIGNING_KEYS", SIGNING_KEY.as_str())
+            .env("DT_USERS_KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
+            .env("DT_USERS_KAFKA_IDEMPOTENCE", "false")
+            .env("DT_USERS_KAFKA_GROUP_ID", group)
+            .env("DT_USERS_KAFKA_SESSION_TIMEOUT_MS", "3000")
+            .env("DT_USERS_KAFKA_HEARTBEAT_INTERVAL_MS", "300")
+            .env("DT_USERS_KAFKA_FETCH_WAIT_MAX_MS", "50")
+            .env("RUST_LOG", "info")
+            .stdout(std::fs::File::create(log).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "dt-users-consume-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    produce(
+        &bootstrap,
+        COMMANDS,
+        &user_id,
+        &command("ban-once", "devtalk.user.ban", &user_id),
+    )
+    .await;
+    let mut first = consumer("group-a", &dir.join("a.log"));
+    wait_until(Duration::from_secs(60), async || {
+        outbox_count(&app, "devtalk.user.banned").await == 1
+    })
+    .await;
+    let _ = first.kill();
+    let _ = first.wait();
+
+    // A consumer that never saw a commit (a fresh group reads from the start, as after a crash
+    // before the commit) is handed the same command again.
+    let log = dir.join("b.log");
+    let mut second = consumer("group-b", &log);
+    wait_until(Duration::from_secs(60), async || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("command already handled")
+    })
+    .await;
+    let _ = second.kill();
+    let _ = second.wait();
+    assert_eq!(outbox_count(&app, "devtalk.user.banned").await, 1);
+    assert_problem(
+        app.login("ada@example.com", PASSWORD).await,
+        StatusCode::FORBIDDEN,
+        "account_banned",
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
