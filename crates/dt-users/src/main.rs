@@ -19,6 +19,17 @@ struct Cli {
     command: Command,
 }
 
+/// Options of the background roles.
+#[derive(Debug, Clone, clap::Args)]
+struct Ops {
+    /// Serve `/health/live`, `/health/ready` and `/metrics` on this port.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Address for that port.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the HTTP API.
@@ -33,13 +44,13 @@ enum Command {
     /// Apply the database migrations this release carries.
     Migrate,
     /// Run background jobs (send emails).
-    Worker,
+    Worker(Ops),
     /// Run the periodic sweeps; of several instances, one does the work at a time.
-    Beat,
+    Beat(Ops),
     /// Hand committed outbox rows on: emails to the job queue, events to Kafka.
-    Relay,
+    Relay(Ops),
     /// Apply the commands of other services from Kafka (ban, unban, revoke sessions).
-    Consume,
+    Consume(Ops),
 }
 
 async fn shutdown_signal() {
@@ -70,16 +81,34 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), Box<dyn std::error::Err
             let application = Application::build(settings, &host, port).await?;
             application.run_until(shutdown_signal()).await?;
         }
-        Command::Worker | Command::Beat | Command::Relay | Command::Consume => {
+        Command::Worker(ref ops)
+        | Command::Beat(ref ops)
+        | Command::Relay(ref ops)
+        | Command::Consume(ref ops) => {
+            let ops = ops.clone();
             let roles = Roles {
-                relay: matches!(cli.command, Command::Relay),
-                worker: matches!(cli.command, Command::Worker),
-                beat: matches!(cli.command, Command::Beat),
-                consume: matches!(cli.command, Command::Consume),
+                relay: matches!(cli.command, Command::Relay(_)),
+                worker: matches!(cli.command, Command::Worker(_)),
+                beat: matches!(cli.command, Command::Beat(_)),
+                consume: matches!(cli.command, Command::Consume(_)),
             };
+            telemetry::install_metrics();
             let app = build_app(settings, Arc::new(SystemClock)).await?;
             let background = Background::start(&app, roles).await?;
+            let ops_server = match ops.port {
+                Some(port) => {
+                    let listener = tokio::net::TcpListener::bind((ops.host.as_str(), port)).await?;
+                    let router = dt_users::http::ops_router(app.clone());
+                    Some(tokio::spawn(
+                        async move { axum::serve(listener, router).await },
+                    ))
+                }
+                None => None,
+            };
             shutdown_signal().await;
+            if let Some(server) = ops_server {
+                server.abort();
+            }
             background.shutdown().await;
             app.db.close().await;
         }

@@ -96,6 +96,14 @@ pub async fn build_app(
         "dt-users ready"
     );
     let email_tokens = EmailTokens::new(tokens.keys().token_secret());
+    let kafka_probe = match settings.kafka_bootstrap_servers() {
+        Some(bootstrap) => Some(Arc::new(
+            crate::events::KafkaProbe::new(bootstrap).map_err(|e| {
+                StartupError::Config(format!("DT_USERS_KAFKA_BOOTSTRAP_SERVERS: {e}"))
+            })?,
+        )),
+        None => None,
+    };
     Ok(Arc::new(App {
         settings,
         db,
@@ -105,6 +113,7 @@ pub async fn build_app(
         email_tokens,
         clock,
         outbox_notify: Arc::new(tokio::sync::Notify::new()),
+        kafka_probe,
     }))
 }
 

@@ -18,7 +18,7 @@ use crate::service::{App, Command, CommandOutcome};
 pub struct CommandConsumer {
     app: Arc<App>,
     bootstrap: String,
-    consumer: StreamConsumer,
+    consumer: Arc<StreamConsumer>,
     dlq: FutureProducer,
 }
 
@@ -101,7 +101,7 @@ impl CommandConsumer {
         Ok(Self {
             app,
             bootstrap: bootstrap.to_owned(),
-            consumer,
+            consumer: Arc::new(consumer),
             dlq,
         })
     }
@@ -124,10 +124,17 @@ impl CommandConsumer {
             return;
         }
         tracing::info!(topic = %settings.kafka_commands_topic, group = %settings.kafka_group_id, "command consumer started");
+        let mut next_lag_report = tokio::time::Instant::now();
         loop {
             let message = tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
-                message = self.consumer.recv() => message,
+                () = tokio::time::sleep_until(next_lag_report) => None,
+                message = self.consumer.recv() => Some(message),
+            };
+            let Some(message) = message else {
+                self.report_lag().await;
+                next_lag_report = tokio::time::Instant::now() + Duration::from_secs(5);
+                continue;
             };
             match message {
                 Ok(message) => {
@@ -146,6 +153,32 @@ impl CommandConsumer {
             }
         }
         tracing::info!("command consumer stopped");
+    }
+
+    /// Sets `kafka_consumer_lag`: messages of the assigned partitions not yet consumed.
+    async fn report_lag(&self) {
+        let consumer = self.consumer.clone();
+        let lag = tokio::task::spawn_blocking(move || {
+            let positions = consumer.position().ok()?;
+            let mut lag = 0_i64;
+            for element in positions.elements() {
+                let (low, high) = consumer
+                    .fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(1))
+                    .ok()?;
+                let position = match element.offset() {
+                    rdkafka::Offset::Offset(offset) => offset,
+                    _ => low,
+                };
+                lag += (high - position).max(0);
+            }
+            Some(lag)
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(lag) = lag {
+            metrics::gauge!("kafka_consumer_lag").set(lag as f64);
+        }
     }
 
     /// Handles one message until its outcome is durable; false if shutdown came first.

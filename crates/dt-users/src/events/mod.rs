@@ -2,12 +2,14 @@
 //! to Kafka as CloudEvents 1.0 by the [`EventRelay`], in commit order per user.
 
 mod consumer;
+mod probe;
 mod relay;
 
 use dt_users_store::OutboxRow;
 use serde_json::{Value, json};
 
 pub use consumer::{CommandConsumer, parse_command};
+pub use probe::KafkaProbe;
 pub use relay::{EventRelay, ensure_topics, producer_config};
 
 /// The event types dt-users publishes (the CloudEvents `type`).

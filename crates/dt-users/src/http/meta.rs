@@ -28,6 +28,17 @@ pub struct Health {
     pub status: &'static str,
     /// Each dependency: `up` or `down`, with the backend in use.
     pub checks: BTreeMap<&'static str, Check>,
+    /// Side effects waiting in the outbox (informational; they never make the check fail).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<BTreeMap<&'static str, OutboxBacklog>>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OutboxBacklog {
+    /// Rows not yet handed on.
+    pub pending: i64,
+    /// Age of the oldest of them, seconds.
+    pub oldest_age_seconds: f64,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -62,6 +73,7 @@ pub async fn live() -> Json<Health> {
     Json(Health {
         status: "ok",
         checks: BTreeMap::new(),
+        outbox: None,
     })
 }
 
@@ -69,10 +81,14 @@ pub async fn live() -> Json<Health> {
 #[utoipa::path(get, path = "/health/ready", tag = "meta",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn ready(State(app): State<AppState>) -> Response {
-    let (database, sessions) = tokio::join!(app.db.ping(), app.sessions.ping());
+    let (database, sessions, kafka) =
+        tokio::join!(app.db.ping(), app.sessions.ping(), kafka_ping(&app));
     let mut checks = BTreeMap::new();
     checks.insert("database", Check::of(app.db.dialect().name(), database));
     checks.insert("sessions", Check::of(app.sessions.backend(), sessions));
+    if let Some(kafka) = kafka {
+        checks.insert("kafka", Check::of("kafka", kafka));
+    }
     let all_up = checks.values().all(|c| c.status == "up");
     let status = if all_up {
         StatusCode::OK
@@ -82,6 +98,7 @@ pub async fn ready(State(app): State<AppState>) -> Response {
     let body = Health {
         status: if all_up { "ok" } else { "unavailable" },
         checks,
+        outbox: outbox_backlog(&app).await,
     };
     let mut response = (status, Json(body)).into_response();
     response
@@ -103,4 +120,31 @@ pub async fn metrics() -> Response {
         body,
     )
         .into_response()
+}
+
+/// Whether the configured Kafka answers a metadata request (None: Kafka is not configured).
+async fn kafka_ping(app: &AppState) -> Option<Result<(), String>> {
+    let probe = app.kafka_probe.clone()?;
+    Some(probe.ping().await)
+}
+
+async fn outbox_backlog(app: &AppState) -> Option<BTreeMap<&'static str, OutboxBacklog>> {
+    use dt_users_store::OutboxKind;
+    let mut conn = app.db.pool().acquire().await.ok()?;
+    let now = app.now();
+    let mut backlog = BTreeMap::new();
+    for (name, kind) in [("emails", OutboxKind::Email), ("events", OutboxKind::Event)] {
+        let (pending, oldest) = dt_users_store::backlog(&mut conn, kind).await.ok()?;
+        let oldest_age_seconds = oldest.map_or(0.0, |t| {
+            (now.as_millis() - t.as_millis()).max(0) as f64 / 1000.0
+        });
+        backlog.insert(
+            name,
+            OutboxBacklog {
+                pending,
+                oldest_age_seconds,
+            },
+        );
+    }
+    Some(backlog)
 }

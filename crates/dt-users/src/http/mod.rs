@@ -112,6 +112,17 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     routes().1
 }
 
+/// Health and metrics alone, for the background roles (`worker`, `relay`, `beat`, `consume`)
+/// when they are given a port.
+pub fn ops_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/health/live", axum::routing::get(meta::live))
+        .route("/health/ready", axum::routing::get(meta::ready))
+        .route("/metrics", axum::routing::get(meta::metrics))
+        .with_state(AppState(app))
+        .fallback(middleware::not_found)
+}
+
 /// The complete application: routes, docs, and the layers every request passes.
 pub fn router(app: Arc<App>, request_timeout: Duration) -> Router {
     let (api, openapi) = routes();

@@ -40,6 +40,8 @@ pub struct App {
     /// Woken after a commit that wrote outbox rows, so the in-process relay picks them up
     /// at once instead of at its next poll.
     pub outbox_notify: Arc<tokio::sync::Notify>,
+    /// A Kafka client for readiness checks, when Kafka is configured.
+    pub kafka_probe: Option<Arc<crate::events::KafkaProbe>>,
 }
 
 impl App {

@@ -99,6 +99,23 @@ async fn the_same_ban_delivered_three_times_has_one_effect_and_one_event() {
     assert_eq!(banned[0]["data"]["reason"], "spam");
     assert_valid_event(banned[0]);
     assert_eq!(outbox_count(&app, "devtalk.user.banned").await, 1);
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"commands_total{type="devtalk.user.ban",outcome="applied"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"commands_total{type="devtalk.user.ban",outcome="duplicate"} 2"#),
+        "{metrics}"
+    );
 
     // Unban: the account can sign in again.
     produce(

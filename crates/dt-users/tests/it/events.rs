@@ -179,6 +179,19 @@ async fn events_written_while_kafka_is_down_arrive_when_it_is_back() {
         users.insert(user["id"].as_str().unwrap().to_owned());
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let ready = app
+        .client
+        .get(app.url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let report: Value = ready.json().await.unwrap();
+    assert_eq!(report["checks"]["kafka"]["status"], "down");
+    assert!(
+        report["outbox"]["events"]["pending"].as_i64().unwrap() >= 50,
+        "{report}"
+    );
     broker.launch().await;
     let records = read_events(bootstrap, |r| r.len() >= 50).await;
     let registered: HashSet<String> = records
@@ -203,9 +216,9 @@ async fn dispatched(conn: &mut sqlx::AnyConnection) -> i64 {
 struct RelayProcess(std::process::Child);
 
 impl RelayProcess {
-    fn start(app: &TestApp, bootstrap: &str) -> Self {
+    fn start(app: &TestApp, bootstrap: &str, port: u16) -> Self {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_dt-users"))
-            .arg("relay")
+            .args(["relay", "--port", &port.to_string()])
             .env(
                 "DT_USERS_DATABASE_URL",
                 format!("{}/{}", mysql_server_url(), app.db_name),
@@ -258,7 +271,7 @@ async fn a_relay_killed_mid_batch_loses_nothing_and_duplicates_keep_their_id() {
             .await
             .unwrap();
     }
-    let mut first = RelayProcess::start(&app, &bootstrap);
+    let mut first = RelayProcess::start(&app, &bootstrap, crate::mail::free_port());
     let started = std::time::Instant::now();
     while dispatched(&mut conn).await == 0 {
         assert!(
@@ -275,7 +288,8 @@ async fn a_relay_killed_mid_batch_loses_nothing_and_duplicates_keep_their_id() {
         "killed too late to matter ({at_kill} done)"
     );
 
-    let _second = RelayProcess::start(&app, &bootstrap);
+    let ops_port = crate::mail::free_port();
+    let _second = RelayProcess::start(&app, &bootstrap, ops_port);
     let started = std::time::Instant::now();
     while dispatched(&mut conn).await < 3_000 {
         assert!(
@@ -284,6 +298,31 @@ async fn a_relay_killed_mid_batch_loses_nothing_and_duplicates_keep_their_id() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The relay process reports through its own health and metrics port.
+    let ops = format!("http://127.0.0.1:{ops_port}");
+    let ready: Value = app
+        .client
+        .get(format!("{ops}/health/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["checks"]["kafka"]["status"], "up", "{ready}");
+    let metrics = app
+        .client
+        .get(format!("{ops}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"outbox_dispatched_total{kind="event"}"#),
+        "{metrics}"
+    );
     let records = read_events(bootstrap, |r| {
         r.iter()
             .map(|r| r.value["id"].as_str().unwrap_or_default())

@@ -84,6 +84,11 @@ pub fn test_settings(database_url: &str, prefix: &str) -> Settings {
         argon2_iterations: 1,
         // Tests that need the relay and a worker turn them on (see `mail::spawn_with_mail`).
         run_background_in_serve: false,
+        // Jobs go through Redis under the test's prefix; nothing is written in the source tree.
+        jobs_url: Some(redis_url()),
+        jobs_namespace: format!("{prefix}:jobs"),
+        data_dir: std::env::temp_dir()
+            .join(format!("dt-users-test-{}", uuid::Uuid::new_v4().simple())),
         ..Settings::default()
     }
 }

@@ -1,0 +1,38 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseProducer, Producer};
+
+/// A Kafka client used only to ask the cluster for its metadata: "is Kafka reachable?".
+pub struct KafkaProbe(Arc<BaseProducer>);
+
+impl std::fmt::Debug for KafkaProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KafkaProbe")
+    }
+}
+
+impl KafkaProbe {
+    pub fn new(bootstrap: &str) -> Result<Self, String> {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .map_err(|e| e.to_string())?;
+        Ok(Self(Arc::new(producer)))
+    }
+
+    /// A metadata round trip, off the async workers (the client call blocks).
+    pub async fn ping(&self) -> Result<(), String> {
+        let client = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            client
+                .client()
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
+    }
+}
