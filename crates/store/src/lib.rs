@@ -25,7 +25,7 @@ pub use error::{Conflict, StoreError};
 pub use migrations::MigrationState;
 pub use outbox::{
     EmailRecord, NewOutboxRow, OutboxKind, OutboxRow, backlog, delete_dispatched, emails_of,
-    insert_outbox, mark_dispatched, outbox_payload, pending_outbox, postpone,
+    insert_outbox, mark_dispatched, mark_dispatched_many, outbox_payload, pending_outbox, postpone,
 };
 pub use sqlx::AnyConnection;
 pub use users::{

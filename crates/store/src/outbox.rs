@@ -222,3 +222,23 @@ pub async fn emails_of(
         })
         .collect()
 }
+
+/// Marks many rows dispatched in one statement.
+pub async fn mark_dispatched_many(
+    conn: &mut AnyConnection,
+    seqs: &[i64],
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    for chunk in seqs.chunks(500) {
+        let placeholders = vec!["?"; chunk.len()].join(", ");
+        let sql = format!(
+            "UPDATE outbox SET dispatched_at = ? WHERE dispatched_at IS NULL AND seq IN ({placeholders})"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now.as_millis());
+        for seq in chunk {
+            query = query.bind(*seq);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}

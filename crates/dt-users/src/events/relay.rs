@@ -151,10 +151,7 @@ impl EventRelay {
             }
         }
         let mut conn = self.app.db.pool().acquire().await?;
-        let marked_at = self.app.now();
-        for seq in &published {
-            store::mark_dispatched(&mut conn, *seq, marked_at).await?;
-        }
+        store::mark_dispatched_many(&mut conn, &published, self.app.now()).await?;
         metrics::counter!("outbox_dispatched_total", "kind" => "event")
             .increment(published.len() as u64);
         if let Some(error) = failure {
