@@ -332,6 +332,9 @@ async fn a_relay_killed_mid_batch_loses_nothing_and_duplicates_keep_their_id() {
     })
     .await;
     let mut seen: HashMap<String, usize> = HashMap::new();
+    for record in records.iter().step_by(97) {
+        assert_valid_event(&record.value);
+    }
     for record in &records {
         *seen
             .entry(record.value["id"].as_str().unwrap().to_owned())
