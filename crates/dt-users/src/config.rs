@@ -97,6 +97,28 @@ pub struct Settings {
     pub relay_interval_ms: u64,
     /// Run the relay and a worker inside `serve` (single-node deployments, the embedded default).
     pub run_background_in_serve: bool,
+    /// `false` turns every rate limit off.
+    pub rate_limit_enabled: bool,
+    /// Sign-in attempts per client IP (`burst/requests/seconds`).
+    pub rate_limit_login_ip: String,
+    /// Failed sign-ins per account: the soft lockout (at most 100 an hour by default).
+    pub rate_limit_login_account: String,
+    /// Sign-in attempts per client IP and account.
+    pub rate_limit_login_ip_account: String,
+    /// Registrations per client IP.
+    pub rate_limit_register_ip: String,
+    /// Password-reset, restoration and verification emails per target address or account.
+    pub rate_limit_email_target: String,
+    /// The same requests per client IP.
+    pub rate_limit_email_ip: String,
+    /// Token refreshes per account.
+    pub rate_limit_refresh: String,
+    /// Every request per client IP: a generous ceiling.
+    pub rate_limit_global_ip: String,
+    /// Comma-separated addresses or networks whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: String,
+    /// Comma-separated origins allowed by CORS; empty: CORS off.
+    pub cors_allowed_origins: String,
     /// Argon2id memory cost in KiB.
     pub argon2_memory_kib: u32,
     /// Argon2id iterations.
@@ -158,6 +180,17 @@ impl Default for Settings {
             purge_batch: 500,
             relay_interval_ms: 1_000,
             run_background_in_serve: true,
+            rate_limit_enabled: true,
+            rate_limit_login_ip: "10/1/1".into(),
+            rate_limit_login_account: "10/90/3600".into(),
+            rate_limit_login_ip_account: "5/1/10".into(),
+            rate_limit_register_ip: "10/10/3600".into(),
+            rate_limit_email_target: "5/5/3600".into(),
+            rate_limit_email_ip: "20/20/3600".into(),
+            rate_limit_refresh: "60/60/60".into(),
+            rate_limit_global_ip: "300/1200/60".into(),
+            trusted_proxies: String::new(),
+            cors_allowed_origins: String::new(),
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
             argon2_parallelism: 1,

@@ -14,9 +14,11 @@ use crate::email::Mailer;
 use crate::events::{CommandConsumer, EventRelay};
 use crate::jobs::{Beat, EmailWorker, JobQueue, OutboxRelay};
 use crate::security::access_token::AccessTokens;
+use crate::security::client_ip::TrustedProxies;
 use crate::security::email_token::EmailTokens;
 use crate::security::keys::SigningKeys;
 use crate::security::password_hasher::PasswordHasherPool;
+use crate::security::rate_limit::{RateLimiter, Rules};
 use crate::service::App;
 use crate::sessions::{MemorySessions, RedisSessions, SessionStore};
 
@@ -96,6 +98,16 @@ pub async fn build_app(
         "dt-users ready"
     );
     let email_tokens = EmailTokens::new(tokens.keys().token_secret());
+    let limits = Rules::from_settings(&settings).map_err(StartupError::Config)?;
+    let trusted_proxies = TrustedProxies::parse(&settings.trusted_proxies)
+        .map_err(|e| StartupError::Config(format!("DT_USERS_TRUSTED_PROXIES: {e}")))?;
+    let limiter = match (&sessions, settings.rate_limit_enabled) {
+        (_, false) => RateLimiter::Disabled,
+        (SessionStore::Redis(redis), true) => {
+            RateLimiter::redis(redis.clone(), &settings.redis_key_prefix)
+        }
+        (SessionStore::Memory(_), true) => RateLimiter::memory(),
+    };
     let kafka_probe = match settings.kafka_bootstrap_servers() {
         Some(bootstrap) => Some(Arc::new(
             crate::events::KafkaProbe::new(bootstrap).map_err(|e| {
@@ -113,6 +125,9 @@ pub async fn build_app(
         email_tokens,
         clock,
         outbox_notify: Arc::new(tokio::sync::Notify::new()),
+        limiter,
+        limits,
+        trusted_proxies,
         kafka_probe,
     }))
 }

@@ -33,8 +33,11 @@ fn no_store(mut response: Response) -> Response {
     ))]
 pub async fn register(
     State(app): State<AppState>,
+    client: Client,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<Response, ApiError> {
+    app.limit("register_ip", app.limits.register_ip, client.ip_key())
+        .await?;
     let user = app
         .register(RegisterInput {
             email: body.email,
@@ -65,7 +68,7 @@ pub async fn register(
     ))]
 pub async fn login(
     State(app): State<AppState>,
-    Client(client): Client,
+    client: Client,
     body: JsonOrForm<LoginRequest, LoginForm>,
 ) -> Result<Response, ApiError> {
     let (email, password) = match body {
@@ -77,7 +80,16 @@ pub async fn login(
             (f.username, f.password)
         }
     };
-    let pair = app.login(&email, &password, client).await?;
+    app.limit("login_ip", app.limits.login_ip, client.ip_key())
+        .await?;
+    let email_key = dt_users_domain::Email::lookup_key_of(&email);
+    app.limit(
+        "login_ip_account",
+        app.limits.login_ip_account,
+        &format!("{}|{email_key}", client.ip_key()),
+    )
+    .await?;
+    let pair = app.login(&email, &password, client.0).await?;
     Ok(no_store(Json(pair).into_response()))
 }
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::AppState;
 use super::email::{EmailRequest, TokenRequest, accepted};
-use super::extract::{ApiJson, CurrentSession};
+use super::extract::{ApiJson, Client, CurrentSession};
 use super::problem::{ApiError, Problem};
 use super::views::{SessionView, UserView};
 
@@ -74,10 +74,12 @@ pub async fn restore(
     responses((status = 202, description = "Accepted", body = super::email::Accepted)))]
 pub async fn request_restore(
     State(app): State<AppState>,
+    client: Client,
     ApiJson(body): ApiJson<EmailRequest>,
-) -> Response {
+) -> Result<Response, ApiError> {
+    super::email::limit_email_request(&app, &client, &body.email).await?;
     app.0.request_restore(&body.email);
-    accepted()
+    Ok(accepted())
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

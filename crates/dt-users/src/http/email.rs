@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::extract::{ApiJson, CurrentSession};
+use super::extract::{ApiJson, Client, CurrentSession};
 use super::problem::{ApiError, Problem};
 use super::views::UserView;
 
@@ -76,9 +76,29 @@ pub async fn request_verification(
 #[utoipa::path(post, path = "/api/v1/auth/password/forgot", tag = "auth",
     request_body = EmailRequest,
     responses((status = 202, description = "Accepted", body = Accepted)))]
-pub async fn forgot(State(app): State<AppState>, ApiJson(body): ApiJson<EmailRequest>) -> Response {
+pub async fn forgot(
+    State(app): State<AppState>,
+    client: Client,
+    ApiJson(body): ApiJson<EmailRequest>,
+) -> Result<Response, ApiError> {
+    limit_email_request(&app, &client, &body.email).await?;
     app.0.forgot_password(&body.email);
-    accepted()
+    Ok(accepted())
+}
+
+/// The limits of requests that make dt-users send an email to an address: per client and per
+/// target address (whether or not it has an account, so a 429 tells nothing about it).
+pub async fn limit_email_request(
+    app: &AppState,
+    client: &Client,
+    email: &str,
+) -> Result<(), ApiError> {
+    app.limit("email_ip", app.limits.email_ip, client.ip_key())
+        .await?;
+    let target = dt_users_domain::Email::lookup_key_of(email);
+    app.limit("email_target", app.limits.email_target, &target)
+        .await?;
+    Ok(())
 }
 
 /// Choose a new password with the token from the reset email; every session ends.

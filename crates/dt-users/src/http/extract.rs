@@ -116,15 +116,38 @@ impl FromRequestParts<AppState> for CurrentSession {
     }
 }
 
-/// Who is calling, for the sessions list: user agent (cleaned, cut to 256 characters) and
-/// the peer address.
+/// Who is calling: user agent (cleaned, cut to 256 characters) and client address (the
+/// peer's, or from `X-Forwarded-For` when the peer is a trusted proxy).
 #[derive(Debug, Clone)]
 pub struct Client(pub ClientInfo);
 
-impl<S: Send + Sync> FromRequestParts<S> for Client {
+impl Client {
+    /// The client address as a rate-limit key.
+    pub fn ip_key(&self) -> &str {
+        self.0.ip.as_deref().unwrap_or("unknown")
+    }
+}
+
+/// The client address of a request.
+pub fn client_ip(parts: &Parts, app: &AppState) -> Option<String> {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())?;
+    let forwarded = parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    Some(app.trusted_proxies.client_ip(peer, forwarded).to_string())
+}
+
+impl FromRequestParts<AppState> for Client {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
@@ -136,10 +159,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Client {
                     .collect::<String>()
             })
             .filter(|ua| !ua.trim().is_empty());
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_canonical().to_string());
+        let ip = client_ip(parts, state);
         Ok(Self(ClientInfo { user_agent, ip }))
     }
 }

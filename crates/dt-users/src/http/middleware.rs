@@ -122,3 +122,42 @@ pub fn panic_response(_err: Box<dyn std::any::Any + Send + 'static>) -> Response
     }
     response
 }
+
+/// The generous per-client ceiling on every request.
+pub async fn global_rate_limit(
+    axum::extract::State(app): axum::extract::State<super::AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let ip = super::extract::client_ip(&parts, &app).unwrap_or_else(|| "unknown".to_owned());
+    if let Err(error) = app.limit("global_ip", app.limits.global_ip, &ip).await {
+        return ApiError::from(error).into_response();
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// Headers that make browsers handle API answers safely. The docs page, which runs scripts,
+/// gets no content security policy.
+pub async fn security_headers(request: Request, next: Next) -> Response {
+    let is_docs = request.uri().path().starts_with("/docs");
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("same-site"),
+    );
+    if !is_docs {
+        headers.insert(
+            "content-security-policy",
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        );
+    }
+    response
+}

@@ -112,6 +112,38 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     routes().1
 }
 
+/// CORS for the configured origins (comma-separated); none: CORS stays off.
+fn cors_layer(origins: &str) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    let origins: Vec<HeaderValue> = origins
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([
+                header::RETRY_AFTER,
+                header::LOCATION,
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("ratelimit"),
+                HeaderName::from_static("ratelimit-policy"),
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
 /// Health and metrics alone, for the background roles (`worker`, `relay`, `beat`, `consume`)
 /// when they are given a port.
 pub fn ops_router(app: Arc<App>) -> Router {
@@ -127,12 +159,20 @@ pub fn ops_router(app: Arc<App>) -> Router {
 pub fn router(app: Arc<App>, request_timeout: Duration) -> Router {
     let (api, openapi) = routes();
     let docs = SwaggerUi::new("/docs").url("/openapi.json", openapi);
-    api.with_state(AppState(app))
+    let state = AppState(app.clone());
+    let cors = cors_layer(&app.settings.cors_allowed_origins);
+    api.with_state(state.clone())
         .merge(docs)
         .fallback(middleware::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            middleware::global_rate_limit,
+        ))
         .layer(
             ServiceBuilder::new()
                 .layer(axum::middleware::from_fn(middleware::observe))
+                .layer(axum::middleware::from_fn(middleware::security_headers))
+                .option_layer(cors)
                 .layer(axum::middleware::from_fn(middleware::problem_documents))
                 .layer(CatchPanicLayer::custom(middleware::panic_response))
                 .layer(TimeoutLayer::with_status_code(

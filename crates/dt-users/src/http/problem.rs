@@ -63,6 +63,7 @@ pub struct ApiError {
     detail: Option<String>,
     errors: Option<Vec<FieldError>>,
     extensions: serde_json::Map<String, serde_json::Value>,
+    headers: Vec<(&'static str, String)>,
     bearer_error: Option<&'static str>,
     cause: Option<String>,
 }
@@ -76,6 +77,7 @@ impl ApiError {
             detail: None,
             errors: None,
             extensions: serde_json::Map::new(),
+            headers: Vec::new(),
             bearer_error: None,
             cause: None,
         }
@@ -228,6 +230,19 @@ impl From<ServiceError> for ApiError {
                 Self::new(S::BAD_REQUEST, "invalid_token", "Invalid token")
                     .detail("The token is unknown, already used or expired.")
             }
+            ServiceError::RateLimited { rule, quota, decision } => {
+                let ceil_secs = |ms: i64| (ms.max(0) + 999) / 1000;
+                let retry_after = ceil_secs(decision.retry_after_ms).max(1);
+                let window = quota.period_secs.saturating_mul(u64::from(quota.burst)) / u64::from(quota.per_period.max(1));
+                let mut error = Self::new(S::TOO_MANY_REQUESTS, "rate_limited", "Too many requests")
+                    .detail(format!("Too many requests; try again in {retry_after} s."));
+                error.headers = vec![
+                    ("retry-after", retry_after.to_string()),
+                    ("ratelimit-policy", format!("\"{rule}\";q={};w={}", quota.burst, window.max(1))),
+                    ("ratelimit", format!("\"{rule}\";r=0;t={}", ceil_secs(decision.reset_ms))),
+                ];
+                error
+            }
             ServiceError::NotFound => Self::new(S::NOT_FOUND, "not_found", "Not found"),
             ServiceError::Unavailable(cause) => {
                 Self::new(S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
@@ -266,6 +281,11 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static("Bearer realm=\"dt-users\", error=\"invalid_token\"")
             };
             headers.insert(header::WWW_AUTHENTICATE, value);
+        }
+        for (name, value) in &self.headers {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(*name, value);
+            }
         }
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -93,20 +93,30 @@ impl App {
         client: ClientInfo,
     ) -> Result<TokenPair, ServiceError> {
         let password = normalize_password(password);
+        let email_key = Email::lookup_key_of(email);
+        // The soft lockout: too many failures for this account (from anywhere) and even the
+        // right password waits. Known and unknown addresses are counted alike.
+        self.limit_peek("login_account", self.limits.login_account, &email_key)
+            .await?;
         let mut conn = self.db.pool().acquire().await?;
-        let user = store::user_by_email(&mut conn, &Email::lookup_key_of(email)).await?;
+        let user = store::user_by_email(&mut conn, &email_key).await?;
         drop(conn);
-        let Some(mut user) = user else {
-            self.hasher.verify_dummy(password).await?;
+        let verified = match &user {
+            Some(user) => {
+                self.hasher
+                    .verify(password.clone(), user.password_hash.clone())
+                    .await?
+            }
+            None => self.hasher.verify_dummy(password.clone()).await?,
+        };
+        let Some(mut user) = user.filter(|_| verified != Verified::No) else {
+            // Counted; this answer stays `invalid_credentials` even when the failure spends
+            // the quota — the next attempt is the one refused.
+            let _ = self
+                .limit("login_account", self.limits.login_account, &email_key)
+                .await;
             return Err(ServiceError::InvalidCredentials);
         };
-        let verified = self
-            .hasher
-            .verify(password.clone(), user.password_hash.clone())
-            .await?;
-        if verified == Verified::No {
-            return Err(ServiceError::InvalidCredentials);
-        }
         // Only a correct password learns why the account cannot sign in.
         match user.status {
             AccountStatus::Active => {}
@@ -151,6 +161,8 @@ impl App {
     #[tracing::instrument(skip_all)]
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, ServiceError> {
         let user_id = refresh_token_user(refresh_token).ok_or(ServiceError::InvalidRefreshToken)?;
+        self.limit("refresh", self.limits.refresh, &user_id.to_string())
+            .await?;
         let now = self.now();
         let new_token = new_refresh_token(user_id);
         let grace_ms = i64::try_from(self.settings.refresh_reuse_grace.saturating_mul(1000))

@@ -39,6 +39,12 @@ pub enum ServiceError {
     RefreshTokenReused,
     #[error("the emailed token is unknown, used or expired")]
     InvalidEmailToken,
+    #[error("rate limited by {rule}")]
+    RateLimited {
+        rule: &'static str,
+        quota: crate::security::rate_limit::Quota,
+        decision: crate::security::rate_limit::Decision,
+    },
     #[error("not found")]
     NotFound,
     #[error("a dependency is unavailable: {0}")]

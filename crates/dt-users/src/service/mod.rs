@@ -18,6 +18,7 @@ use crate::config::Settings;
 use crate::security::access_token::AccessTokens;
 use crate::security::email_token::EmailTokens;
 use crate::security::password_hasher::PasswordHasherPool;
+use crate::security::rate_limit::Quota;
 use crate::sessions::SessionStore;
 
 pub use accounts::RegisterInput;
@@ -40,6 +41,9 @@ pub struct App {
     /// Woken after a commit that wrote outbox rows, so the in-process relay picks them up
     /// at once instead of at its next poll.
     pub outbox_notify: Arc<tokio::sync::Notify>,
+    pub limiter: crate::security::rate_limit::RateLimiter,
+    pub limits: crate::security::rate_limit::Rules,
+    pub trusted_proxies: crate::security::client_ip::TrustedProxies,
     /// A Kafka client for readiness checks, when Kafka is configured.
     pub kafka_probe: Option<Arc<crate::events::KafkaProbe>>,
 }
@@ -47,5 +51,47 @@ pub struct App {
 impl App {
     pub fn now(&self) -> Timestamp {
         self.clock.now()
+    }
+
+    /// Counts one request under `rule`/`key`; refused with 429 once the quota is spent.
+    pub async fn limit(
+        &self,
+        rule: &'static str,
+        quota: Quota,
+        key: &str,
+    ) -> Result<(), ServiceError> {
+        self.limit_check(rule, quota, key, true).await
+    }
+
+    /// Like [`App::limit`], without counting (is the quota already spent?).
+    pub async fn limit_peek(
+        &self,
+        rule: &'static str,
+        quota: Quota,
+        key: &str,
+    ) -> Result<(), ServiceError> {
+        self.limit_check(rule, quota, key, false).await
+    }
+
+    async fn limit_check(
+        &self,
+        rule: &'static str,
+        quota: Quota,
+        key: &str,
+        consume: bool,
+    ) -> Result<(), ServiceError> {
+        let decision = self
+            .limiter
+            .check(&format!("{rule}:{key}"), quota, self.now(), consume)
+            .await?;
+        if decision.allowed {
+            return Ok(());
+        }
+        metrics::counter!("rate_limited_total", "rule" => rule).increment(1);
+        Err(ServiceError::RateLimited {
+            rule,
+            quota,
+            decision,
+        })
     }
 }

@@ -139,6 +139,11 @@ impl RedisSessions {
         })
     }
 
+    /// The shared connection, for other atomic steps on the same Redis (the rate limiter).
+    pub(crate) async fn connection(&self) -> Result<ConnectionManager, SessionStoreError> {
+        self.conn().await
+    }
+
     async fn conn(&self) -> Result<ConnectionManager, SessionStoreError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))

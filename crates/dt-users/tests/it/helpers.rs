@@ -84,6 +84,9 @@ pub fn test_settings(database_url: &str, prefix: &str) -> Settings {
         argon2_iterations: 1,
         // Tests that need the relay and a worker turn them on (see `mail::spawn_with_mail`).
         run_background_in_serve: false,
+        // Rate limits are tested on their own (`rate_limits.rs`); elsewhere one client sends
+        // far more than a person would.
+        rate_limit_enabled: false,
         // Jobs go through Redis under the test's prefix; nothing is written in the source tree.
         jobs_url: Some(redis_url()),
         jobs_namespace: format!("{prefix}:jobs"),

@@ -24,6 +24,7 @@ mod faults;
 mod logout_sessions;
 mod meta;
 mod profile;
+mod rate_limits;
 mod refresh;
 mod register_login;
 mod ugly_input;
