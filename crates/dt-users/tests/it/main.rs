@@ -9,6 +9,7 @@
 )]
 
 mod helpers;
+mod log_secrets;
 mod kafka;
 mod mail;
 
