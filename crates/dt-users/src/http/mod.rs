@@ -69,6 +69,76 @@ impl Modify for SecuritySchemes {
     }
 }
 
+/// Documents the answers every operation can give besides its own: the framework's and the
+/// service's problem documents (malformed or oversized bodies, rate limits, outages).
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    problem::PROBLEM_JSON,
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                item.get.as_mut(),
+                item.post.as_mut(),
+                item.patch.as_mut(),
+                item.delete.as_mut(),
+                item.put.as_mut(),
+            ];
+            for operation in operations.into_iter().flatten() {
+                let has_body = operation.request_body.is_some();
+                let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+                let responses = &mut operation.responses.responses;
+                let mut add = |status: &str, description: &str| {
+                    responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| problem(description).into());
+                };
+                add(
+                    "400",
+                    "`bad_request`: malformed request (e.g. a body that is not JSON)",
+                );
+                add("405", "`method_not_allowed`");
+                add(
+                    "429",
+                    "`rate_limited`, with `Retry-After`, `RateLimit` and `RateLimit-Policy`",
+                );
+                add(
+                    "503",
+                    "`unavailable`: a dependency is down; retry after `Retry-After`",
+                );
+                if has_body {
+                    add("413", "`payload_too_large`: bodies are limited to 64 KiB");
+                    add(
+                        "415",
+                        "`unsupported_media_type`: send `Content-Type: application/json`",
+                    );
+                    add(
+                        "422",
+                        "`validation_error`: the body has the wrong shape or invalid fields",
+                    );
+                }
+                if secured {
+                    add(
+                        "401",
+                        "`not_authenticated`, `invalid_token`, `token_expired` or `session_revoked`",
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "dt-users", description = "The user service of Dev Talk: accounts, sign-in, sessions and profiles."),
@@ -84,7 +154,7 @@ struct ApiDoc;
 
 /// The routes and the OpenAPI document they describe.
 pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(auth::register))
         .routes(routes!(auth::login))
         .routes(routes!(auth::refresh))
@@ -104,7 +174,10 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(meta::live))
         .routes(routes!(meta::ready))
         .routes(routes!(meta::metrics))
-        .split_for_parts()
+        .split_for_parts();
+    // The operations exist only now that the routes are registered.
+    CommonResponses.modify(&mut openapi);
+    (router, openapi)
 }
 
 /// The OpenAPI document alone (for `/openapi.json` and the snapshot test).

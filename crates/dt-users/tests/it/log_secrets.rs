@@ -15,7 +15,11 @@ fn emailed_tokens(mail_dir: &std::path::Path) -> Vec<String> {
         let raw = std::fs::read_to_string(entry.path()).unwrap_or_default();
         // The plain part is quoted-printable; the token's own line is short enough to stay whole.
         for line in raw.lines().map(str::trim) {
-            if line.len() == 43 && line.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            if line.len() == 43
+                && line
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
                 tokens.push(line.to_owned());
             }
         }
@@ -25,7 +29,10 @@ fn emailed_tokens(mail_dir: &std::path::Path) -> Vec<String> {
 
 async fn latest_token(mail_dir: &std::path::Path, seen: &mut Vec<String>) -> String {
     for _ in 0..100 {
-        if let Some(token) = emailed_tokens(mail_dir).into_iter().find(|t| !seen.contains(t)) {
+        if let Some(token) = emailed_tokens(mail_dir)
+            .into_iter()
+            .find(|t| !seen.contains(t))
+        {
             seen.push(token.clone());
             return token;
         }
@@ -56,7 +63,12 @@ async fn logs_of_every_secret_handling_flow_contain_no_secret() {
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     for _ in 0..100 {
-        if client.get(format!("{base}/health/ready")).send().await.is_ok() {
+        if client
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .is_ok()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -66,14 +78,59 @@ async fn logs_of_every_secret_handling_flow_contain_no_secret() {
     let mut secrets = vec![PASSWORD.to_owned()];
     let post = |path: &str, body: Value| client.post(format!("{base}{path}")).json(&body).send();
 
-    assert_eq!(post("/api/v1/auth/register", json!({"email": "ada@example.com", "username": "ada", "password": PASSWORD})).await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(
+        post(
+            "/api/v1/auth/register",
+            json!({"email": "ada@example.com", "username": "ada", "password": PASSWORD})
+        )
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::CREATED
+    );
     let verify = latest_token(&mail, &mut seen).await;
-    assert_eq!(post("/api/v1/auth/email/verify", json!({"token": verify})).await.unwrap().status(), StatusCode::OK);
-    assert_eq!(post("/api/v1/auth/login", json!({"email": "ada@example.com", "password": "a wrong guess here"})).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        post("/api/v1/auth/email/verify", json!({"token": verify}))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        post(
+            "/api/v1/auth/login",
+            json!({"email": "ada@example.com", "password": "a wrong guess here"})
+        )
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::UNAUTHORIZED
+    );
     secrets.push("a wrong guess here".into());
-    let pair: Value = post("/api/v1/auth/login", json!({"email": "ada@example.com", "password": PASSWORD})).await.unwrap().json().await.unwrap();
-    let refreshed: Value = post("/api/v1/auth/refresh", json!({"refresh_token": pair["refresh_token"]})).await.unwrap().json().await.unwrap();
-    for value in [&pair["access_token"], &pair["refresh_token"], &refreshed["access_token"], &refreshed["refresh_token"]] {
+    let pair: Value = post(
+        "/api/v1/auth/login",
+        json!({"email": "ada@example.com", "password": PASSWORD}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let refreshed: Value = post(
+        "/api/v1/auth/refresh",
+        json!({"refresh_token": pair["refresh_token"]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    for value in [
+        &pair["access_token"],
+        &pair["refresh_token"],
+        &refreshed["access_token"],
+        &refreshed["refresh_token"],
+    ] {
         secrets.push(value.as_str().unwrap().to_owned());
     }
     let access = refreshed["access_token"].as_str().unwrap().to_owned();
@@ -86,11 +143,37 @@ async fn logs_of_every_secret_handling_flow_contain_no_secret() {
         .unwrap();
     assert_eq!(changed.status(), StatusCode::OK);
     secrets.push("second secret passphrase".into());
-    assert_eq!(post("/api/v1/auth/password/forgot", json!({"email": "ada@example.com"})).await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        post(
+            "/api/v1/auth/password/forgot",
+            json!({"email": "ada@example.com"})
+        )
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::ACCEPTED
+    );
     let reset = latest_token(&mail, &mut seen).await;
-    assert_eq!(post("/api/v1/auth/password/reset", json!({"token": reset, "new_password": "third secret passphrase"})).await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        post(
+            "/api/v1/auth/password/reset",
+            json!({"token": reset, "new_password": "third secret passphrase"})
+        )
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::NO_CONTENT
+    );
     secrets.push("third secret passphrase".into());
-    let pair: Value = post("/api/v1/auth/login", json!({"email": "ada@example.com", "password": "third secret passphrase"})).await.unwrap().json().await.unwrap();
+    let pair: Value = post(
+        "/api/v1/auth/login",
+        json!({"email": "ada@example.com", "password": "third secret passphrase"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     let deleted = client
         .delete(format!("{base}/api/v1/users/current"))
         .bearer_auth(pair["access_token"].as_str().unwrap())
@@ -100,7 +183,13 @@ async fn logs_of_every_secret_handling_flow_contain_no_secret() {
         .unwrap();
     assert_eq!(deleted.status(), StatusCode::ACCEPTED);
     let restore = latest_token(&mail, &mut seen).await;
-    assert_eq!(post("/api/v1/users/restore", json!({"token": restore})).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        post("/api/v1/users/restore", json!({"token": restore}))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
     secrets.extend(seen.iter().cloned());
     secrets.push(pair["access_token"].as_str().unwrap().to_owned());
 
@@ -110,9 +199,16 @@ async fn logs_of_every_secret_handling_flow_contain_no_secret() {
     let key = std::fs::read_to_string(dir.join("var/signing-key.pem")).unwrap();
     let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
     secrets.push(key_body);
-    assert!(log.lines().count() > 20, "the service logged too little to mean anything");
+    assert!(
+        log.lines().count() > 20,
+        "the service logged too little to mean anything"
+    );
     for secret in &secrets {
-        assert!(!log.contains(secret.as_str()), "the log holds a secret: {}…", &secret[..8.min(secret.len())]);
+        assert!(
+            !log.contains(secret.as_str()),
+            "the log holds a secret: {}…",
+            &secret[..8.min(secret.len())]
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

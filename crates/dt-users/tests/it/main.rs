@@ -9,8 +9,8 @@
 )]
 
 mod helpers;
-mod log_secrets;
 mod kafka;
+mod log_secrets;
 mod mail;
 
 mod auth_tokens;
@@ -28,4 +28,5 @@ mod profile;
 mod rate_limits;
 mod refresh;
 mod register_login;
+mod schemathesis;
 mod ugly_input;
