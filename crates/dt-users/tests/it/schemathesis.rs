@@ -8,6 +8,29 @@ use serde_json::{Value, json};
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemathesis.toml");
 
+/// `schemathesis` from the PATH, or from the scripts directory of the `python3` that
+/// installed it.
+fn schemathesis_command() -> String {
+    let on_path = Command::new("schemathesis")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if on_path {
+        return "schemathesis".into();
+    }
+    let scripts = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .expect("python3");
+    format!(
+        "{}/schemathesis",
+        String::from_utf8_lossy(&scripts.stdout).trim()
+    )
+}
+
 #[tokio::test]
 async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let dir = std::env::temp_dir().join(format!("dt-users-st-{}", uuid::Uuid::new_v4().simple()));
@@ -64,7 +87,7 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     // Logout is left out: it would end the session that authenticates the rest of the run (it
     // is covered by `logout_sessions.rs`).
     let output = tokio::task::spawn_blocking(move || {
-        Command::new("schemathesis")
+        Command::new(schemathesis_command())
             .args([
                 "--config-file",
                 CONFIG,
