@@ -228,7 +228,27 @@ mod tests {
         assert_eq!(d.remaining, 10);
     }
 
+    #[test]
+    fn quotas_parse() {
+        assert_eq!(
+            Quota::parse("10/1/1"),
+            Ok(Quota {
+                burst: 10,
+                per_period: 1,
+                period_secs: 1
+            })
+        );
+        for bad in ["", "10", "10/1", "0/1/1", "a/b/c", "10/1/1/1", "-1/1/1"] {
+            assert!(Quota::parse(bad).is_err(), "{bad}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn quota_parsing_never_panics(s in "\\PC*") {
+            let _ = Quota::parse(&s);
+        }
+
         #[test]
         fn never_more_than_burst_plus_rate(times in proptest::collection::vec(0_i64..100_000, 1..300)) {
             let mut times = times;

@@ -300,4 +300,11 @@ mod tests {
         assert_eq!(refresh_token_user(&token[..token.len() - 1]), None);
         assert_eq!(refresh_token_user(""), None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn refresh_token_parsing_never_panics(s in "\\PC*") {
+            let _ = refresh_token_user(&s);
+        }
+    }
 }
