@@ -9,6 +9,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::watch;
 
 use crate::config::Settings;
+use crate::jobs::PollPause;
 use crate::service::{App, ServiceError};
 
 /// Publishes the outbox's events to Kafka, at least once and in `seq` (commit) order.
@@ -164,7 +165,7 @@ impl EventRelay {
     /// Runs until `shutdown` turns true; backs off while Kafka is unreachable.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         tracing::info!(holder = %self.holder, topic = %self.topic, "event relay started");
-        let mut failures: u32 = 0;
+        let mut pause = PollPause::default();
         let mut topic_ready = false;
         loop {
             if !topic_ready {
@@ -175,23 +176,15 @@ impl EventRelay {
                     }
                 }
             }
-            let wait = match self.run_once().await {
-                Ok(n) if n as i64 == BATCH => Duration::ZERO,
-                Ok(_) => {
-                    failures = 0;
-                    self.interval
-                }
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(error = %e, failures, "event relay could not publish; will retry");
-                    Duration::from_millis(250 * (1_u64 << failures.min(7)))
-                        .min(Duration::from_secs(30))
-                }
-            };
+            let outcome = self.run_once().await;
+            if let Err(e) = &outcome {
+                tracing::warn!(error = %e, "event relay could not publish; will retry");
+            }
+            let wait = pause.after(outcome.map(|n| n as i64 == BATCH), self.interval);
             self.report_backlog().await;
             tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
-                () = self.app.outbox_notify.notified(), if failures == 0 => {}
+                () = self.app.outbox_notify.notified(), if !pause.failing() => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }

@@ -12,6 +12,7 @@ use uuid::Uuid;
 pub use beat::Beat;
 pub use queue::JobQueue;
 pub use relay::OutboxRelay;
+pub(crate) use relay::PollPause;
 pub use worker::{EmailWorker, worker_name};
 
 /// Send the email of one outbox intent. Delivered at least once; the worker makes that

@@ -72,26 +72,49 @@ impl OutboxRelay {
     /// least every `interval`; after a failure it backs off up to 30 s.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut failures: u32 = 0;
+        let mut pause = PollPause::default();
         loop {
-            let wait = match self.run_once().await {
-                Ok(n) if n as i64 == BATCH => Duration::ZERO,
-                Ok(_) => {
-                    failures = 0;
-                    self.interval
-                }
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(error = %e, failures, "outbox relay could not dispatch; will retry");
-                    Duration::from_millis(250 * (1_u64 << failures.min(7)))
-                        .min(Duration::from_secs(30))
-                }
-            };
+            let outcome = self.run_once().await;
+            if let Err(e) = &outcome {
+                tracing::warn!(error = %e, "outbox relay could not dispatch; will retry");
+            }
+            let wait = pause.after(outcome.map(|n| n as i64 == BATCH), self.interval);
             tokio::select! {
                 () = &mut shutdown => return,
-                () = self.notify.notified(), if failures == 0 => {}
+                () = self.notify.notified(), if !pause.failing() => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }
+    }
+}
+
+/// How long a polling loop waits after a round: not at all after a full batch (more is
+/// waiting), the interval after a good round, and after failures a pause that doubles from
+/// 500 ms up to 30 s.
+#[derive(Debug, Default)]
+pub(crate) struct PollPause {
+    failures: u32,
+}
+
+impl PollPause {
+    /// `outcome`: whether the round filled its batch, or that it failed.
+    pub(crate) fn after<E>(&mut self, outcome: Result<bool, E>, interval: Duration) -> Duration {
+        match outcome {
+            Ok(true) => Duration::ZERO,
+            Ok(false) => {
+                self.failures = 0;
+                interval
+            }
+            Err(_) => {
+                self.failures = self.failures.saturating_add(1);
+                Duration::from_millis(250 * (1_u64 << self.failures.min(7)))
+                    .min(Duration::from_secs(30))
+            }
+        }
+    }
+
+    /// True while the last rounds failed (the loop then waits out its pause).
+    pub(crate) fn failing(&self) -> bool {
+        self.failures > 0
     }
 }
