@@ -97,6 +97,26 @@ impl SmtpSink {
             .await
     }
 
+    /// Waits for the `n`th (1-based) message to `to` whose subject contains `subject`.
+    pub async fn wait_for_nth(&self, to: &str, subject: &str, n: usize) -> Value {
+        let started = std::time::Instant::now();
+        loop {
+            let matching: Vec<Value> = self
+                .messages_to(to)
+                .into_iter()
+                .filter(|m| m["subject"].as_str().unwrap().contains(subject))
+                .collect();
+            if let Some(message) = matching.get(n - 1) {
+                return message.clone();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no email #{n} to {to} about {subject:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn wait_for_within(&self, to: &str, subject: &str, limit: Duration) -> Value {
         let started = std::time::Instant::now();
         loop {
