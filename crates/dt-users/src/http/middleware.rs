@@ -129,6 +129,12 @@ pub async fn global_rate_limit(
     request: Request,
     next: Next,
 ) -> Response {
+    // Probes and scrapes must keep answering while Redis is down: a failing liveness probe
+    // would restart healthy instances.
+    let path = request.uri().path();
+    if path.starts_with("/health/") || path == "/metrics" {
+        return next.run(request).await;
+    }
     let (parts, body) = request.into_parts();
     let ip = super::extract::client_ip(&parts, &app).unwrap_or_else(|| "unknown".to_owned());
     if let Err(error) = app.limit("global_ip", app.limits.global_ip, &ip).await {

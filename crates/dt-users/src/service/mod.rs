@@ -80,6 +80,13 @@ impl App {
         key: &str,
         consume: bool,
     ) -> Result<(), ServiceError> {
+        // Keys carry client input (an email); a long one is hashed so that no request can
+        // make the limiter store much.
+        let key = if key.len() > 64 {
+            crate::security::secret_token::hash_secret(key)
+        } else {
+            key.to_owned()
+        };
         let decision = self
             .limiter
             .check(&format!("{rule}:{key}"), quota, self.now(), consume)

@@ -320,6 +320,25 @@ async fn redis_down_makes_limited_requests_fail_closed() {
     )
     .await;
     assert_problem(forgot, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    // Liveness keeps answering; readiness says what is down.
+    assert_eq!(
+        app.client
+            .get(app.url("/health/live"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.client
+            .get(app.url("/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }
 
 #[tokio::test]
