@@ -52,7 +52,7 @@ impl App {
         subject: TokenSubject,
         patch: ProfilePatch,
     ) -> Result<User, ServiceError> {
-        let mut user = self.current_user(subject).await?;
+        let user = self.current_user(subject).await?;
         let mut errors = FieldErrors::new();
         let username = patch
             .username
@@ -104,6 +104,18 @@ impl App {
             }
         }
 
+        let new_password_hash = match &new_password {
+            Some(password) => Some(self.hasher.hash(password.secret().clone()).await?),
+            None => None,
+        };
+
+        // Apply the patch to the row as it is now, under its lock: two concurrent changes of
+        // one account never overwrite each other's fields.
+        let mut tx = self.db.begin_write().await?;
+        let mut user = store::lock_user(&mut tx, user.id, self.db.dialect())
+            .await?
+            .filter(|u| u.status == dt_users_domain::AccountStatus::Active)
+            .ok_or(ServiceError::SessionRevoked)?;
         let before = user.clone();
         if let Some(username) = username {
             user.username = username;
@@ -125,9 +137,9 @@ impl App {
         if let Some(avatar_url) = avatar_url {
             user.avatar_url = avatar_url;
         }
-        let password_changed = new_password.is_some();
-        if let Some(password) = new_password {
-            user.password_hash = self.hasher.hash(password.secret().clone()).await?;
+        let password_changed = new_password_hash.is_some();
+        if let Some(hash) = new_password_hash {
+            user.password_hash = hash;
         }
         let changed = user.username != before.username
             || user.email != before.email
@@ -139,8 +151,6 @@ impl App {
             return Ok(user);
         }
         user.updated_at = self.now();
-
-        let mut tx = self.db.begin_write().await?;
         store::update_user(&mut tx, &user).await?;
         let changed: Vec<&str> = [
             ("username", user.username != before.username),

@@ -275,3 +275,26 @@ async fn the_public_profile_never_shows_the_email() {
         .unwrap();
     assert_problem(missing, StatusCode::NOT_FOUND, "not_found").await;
 }
+
+#[tokio::test]
+async fn concurrent_changes_of_different_fields_both_stick() {
+    let app = TestApp::spawn().await;
+    let tokens = app.signed_in().await;
+    for i in 0..8 {
+        let name = json!({"display_name": format!("Name {i}")});
+        let bio = json!({"bio": format!("Bio {i}")});
+        let a = patch(&app, &tokens.access, &name);
+        let b = patch(&app, &tokens.access, &bio);
+        let (a, b) = tokio::join!(a, b);
+        assert_eq!(a.status(), StatusCode::OK);
+        assert_eq!(b.status(), StatusCode::OK);
+        let user: Value = app
+            .get_auth("/api/v1/users/current", &tokens.access)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(user["display_name"], format!("Name {i}"), "round {i}");
+        assert_eq!(user["bio"], format!("Bio {i}"), "round {i}");
+    }
+}
