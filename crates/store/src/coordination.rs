@@ -7,8 +7,16 @@ use uuid::Uuid;
 
 use crate::StoreError;
 
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+/// The outcome of an insert guarded by a unique key: true when the row went in, false when
+/// the key was taken (someone else got there first).
+fn inserted_once(
+    result: Result<sqlx::any::AnyQueryResult, sqlx::Error>,
+) -> Result<bool, StoreError> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The answer to "may I send this email?".
@@ -40,10 +48,8 @@ pub async fn claim_delivery(
     .bind(now.as_millis())
     .execute(&mut *conn)
     .await;
-    match inserted {
-        Ok(_) => return Ok(DeliveryClaim::Claimed),
-        Err(e) if is_unique_violation(&e) => {}
-        Err(e) => return Err(e.into()),
+    if inserted_once(inserted)? {
+        return Ok(DeliveryClaim::Claimed);
     }
     let row = sqlx::query("SELECT state, claimed_at FROM email_deliveries WHERE intent_id = ?")
         .bind(intent_id.to_string())
@@ -147,11 +153,7 @@ pub async fn acquire_lease(
         .bind(until)
         .execute(conn)
         .await;
-    match inserted {
-        Ok(_) => Ok(true),
-        Err(e) if is_unique_violation(&e) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    inserted_once(inserted)
 }
 
 /// Gives the lease `name` up if `holder` has it, so another process can take over at once.
@@ -186,18 +188,5 @@ pub async fn record_command(
     .bind(now.as_millis())
     .execute(conn)
     .await;
-    match inserted {
-        Ok(_) => Ok(true),
-        Err(e) if is_unique_violation(&e) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// True when the command `id` was handled before.
-pub async fn command_seen(conn: &mut AnyConnection, id: &str) -> Result<bool, StoreError> {
-    let row = sqlx::query("SELECT 1 FROM processed_commands WHERE id = ?")
-        .bind(id.to_owned())
-        .fetch_optional(conn)
-        .await?;
-    Ok(row.is_some())
+    inserted_once(inserted)
 }

@@ -13,8 +13,8 @@ mod outbox;
 mod users;
 
 pub use coordination::{
-    DeliveryClaim, acquire_lease, claim_delivery, command_seen, delete_old_deliveries, mark_sent,
-    record_command, release_delivery, release_lease,
+    DeliveryClaim, acquire_lease, claim_delivery, delete_old_deliveries, mark_sent, record_command,
+    release_delivery, release_lease,
 };
 pub use db::{Db, Dialect};
 pub use email_tokens::{

@@ -105,7 +105,7 @@ impl App {
             EmailKind::Welcome,
             &user,
             &to,
-            Some(TokenPurpose::VerifyEmail),
+            Some(TokenPurpose::VerifyEmail.into()),
             BTreeMap::new(),
         )
         .await?;

@@ -8,6 +8,7 @@ use dt_users_store::{self as store, TokenPurpose};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::email_flows::EmailToken;
 use super::events::public_user_json;
 use super::{App, ServiceError};
 use crate::email::EmailKind;
@@ -86,20 +87,17 @@ impl App {
         user: &User,
         restore_until: Timestamp,
     ) -> Result<(), ServiceError> {
-        let params = BTreeMap::from([
-            ("restore_until".to_owned(), restore_until.to_rfc3339()),
-            (
-                "restore_until_ms".to_owned(),
-                restore_until.as_millis().to_string(),
-            ),
-        ]);
+        let params = BTreeMap::from([("restore_until".to_owned(), restore_until.to_rfc3339())]);
         let to = user.email.as_str().to_owned();
         self.queue_email(
             conn,
             EmailKind::AccountRestore,
             user,
             &to,
-            Some(TokenPurpose::RestoreAccount),
+            Some(EmailToken {
+                purpose: TokenPurpose::RestoreAccount,
+                not_after: Some(restore_until),
+            }),
             params,
         )
         .await

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
-use dt_users_domain::{AccountStatus, Email, NewPassword, PasswordRules, User};
+use dt_users_domain::{AccountStatus, Email, NewPassword, PasswordRules, Timestamp, User};
 use dt_users_store::{self as store, AnyConnection, NewOutboxRow, OutboxKind, TokenPurpose};
 use uuid::Uuid;
 
@@ -15,6 +15,23 @@ use crate::email::{EmailIntent, EmailKind};
 use crate::events::types;
 use crate::security::access_token::TokenSubject;
 use crate::security::secret_token::hash_secret;
+
+/// The token an email carries: what it is for, and an end of life earlier than the TTL, if
+/// any (a restoration link never outlives the grace period).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct EmailToken {
+    pub purpose: TokenPurpose,
+    pub not_after: Option<Timestamp>,
+}
+
+impl From<TokenPurpose> for EmailToken {
+    fn from(purpose: TokenPurpose) -> Self {
+        Self {
+            purpose,
+            not_after: None,
+        }
+    }
+}
 
 /// How an email greets its user.
 pub(super) fn greeting(user: &User) -> String {
@@ -32,15 +49,15 @@ pub(super) fn plausible_token(token: &str) -> bool {
 }
 
 impl App {
-    /// Records an email intent in the outbox within the caller's transaction; with
-    /// `purpose`, also the hash of the token the email will carry.
+    /// Records an email intent in the outbox within the caller's transaction; with `token`,
+    /// also the hash of the token the email will carry.
     pub(super) async fn queue_email(
         &self,
         conn: &mut AnyConnection,
         kind: EmailKind,
         user: &User,
         to: &str,
-        purpose: Option<TokenPurpose>,
+        token: Option<EmailToken>,
         params: BTreeMap<String, String>,
     ) -> Result<(), ServiceError> {
         let now = self.now();
@@ -52,16 +69,10 @@ impl App {
             name: greeting(user),
             params,
         };
-        if let Some(purpose) = purpose {
+        if let Some(EmailToken { purpose, not_after }) = token {
             let token = self.email_tokens.token_for(intent.id);
-            let mut expires_at = now.plus_secs(self.settings.email_token_ttl);
-            if let Some(limit) = intent
-                .params
-                .get("restore_until_ms")
-                .and_then(|v| v.parse().ok())
-            {
-                expires_at = expires_at.min(dt_users_domain::Timestamp::from_millis(limit));
-            }
+            let ttl_end = now.plus_secs(self.settings.email_token_ttl);
+            let expires_at = not_after.map_or(ttl_end, |limit| ttl_end.min(limit));
             store::insert_email_token(
                 conn,
                 &hash_secret(&token),
@@ -112,7 +123,7 @@ impl App {
             EmailKind::VerifyEmail,
             &user,
             &to,
-            Some(TokenPurpose::VerifyEmail),
+            Some(TokenPurpose::VerifyEmail.into()),
             BTreeMap::new(),
         )
         .await?;
@@ -215,7 +226,7 @@ impl App {
             EmailKind::PasswordReset,
             &user,
             &to,
-            Some(TokenPurpose::ResetPassword),
+            Some(TokenPurpose::ResetPassword.into()),
             BTreeMap::new(),
         )
         .await?;

@@ -189,7 +189,7 @@ impl App {
                 EmailKind::VerifyEmail,
                 &user,
                 &to,
-                Some(TokenPurpose::VerifyEmail),
+                Some(TokenPurpose::VerifyEmail.into()),
                 BTreeMap::new(),
             )
             .await?;
