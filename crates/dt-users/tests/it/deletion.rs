@@ -202,21 +202,13 @@ async fn restore_request_sends_a_fresh_link_only_for_a_deleted_account() {
 async fn after_the_grace_period_the_account_is_erased_everywhere() {
     let app = TestApp::spawn().await;
     let tokens = app.signed_in().await;
-    let me: Value = app
-        .get_auth("/api/v1/users/current", &tokens.access)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let user_id = me["id"].as_str().unwrap().to_owned();
+    let user_id = app.current_user_id(&tokens.access).await;
     let response = app
-        .client
-        .patch(app.url("/api/v1/users/current"))
-        .bearer_auth(&tokens.access)
-        .json(&json!({"display_name": "Ada Lovelace", "bio": "Analyst"}))
-        .send()
-        .await
-        .unwrap();
+        .patch_current(
+            &tokens.access,
+            &json!({"display_name": "Ada Lovelace", "bio": "Analyst"}),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     delete_account(&app, &tokens.access, PASSWORD).await;
     let token = restore_token_of(&app, &user_id).await;

@@ -84,21 +84,13 @@ async fn a_user_lifecycle_produces_exactly_its_events_in_order() {
     let app = spawn_with_mail(&sink.url(), |s| with_kafka(s, &bootstrap)).await;
 
     let tokens = app.signed_in().await;
-    let me: Value = app
-        .get_auth("/api/v1/users/current", &tokens.access)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let user_id = me["id"].as_str().unwrap().to_owned();
+    let user_id = app.current_user_id(&tokens.access).await;
     let response = app
-        .client
-        .patch(app.url("/api/v1/users/current"))
-        .bearer_auth(&tokens.access)
-        .json(&json!({"display_name": "Ada Lovelace", "bio": "Analyst"}))
-        .send()
-        .await
-        .unwrap();
+        .patch_current(
+            &tokens.access,
+            &json!({"display_name": "Ada Lovelace", "bio": "Analyst"}),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let verify = token_in(&sink.wait_for("ada@example.com", "Welcome").await);
     assert_eq!(

@@ -209,6 +209,27 @@ impl TestApp {
         .await
     }
 
+    pub async fn patch_current(&self, access_token: &str, body: &Value) -> Response {
+        self.client
+            .patch(self.url("/api/v1/users/current"))
+            .bearer_auth(access_token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The id of the account `access_token` signs in.
+    pub async fn current_user_id(&self, access_token: &str) -> String {
+        let me: Value = self
+            .get_auth("/api/v1/users/current", access_token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        me["id"].as_str().unwrap().to_owned()
+    }
+
     pub async fn current_status(&self, access_token: &str) -> StatusCode {
         self.get_auth("/api/v1/users/current", access_token)
             .await

@@ -4,13 +4,7 @@ use serde_json::{Value, json};
 use crate::helpers::{PASSWORD, TestApp, assert_problem};
 
 async fn patch(app: &TestApp, token: &str, body: &Value) -> reqwest::Response {
-    app.client
-        .patch(app.url("/api/v1/users/current"))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+    app.patch_current(token, body).await
 }
 
 #[tokio::test]
