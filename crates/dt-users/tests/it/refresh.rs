@@ -153,9 +153,10 @@ async fn ten_concurrent_refreshes_of_one_token_yield_one_success() {
 async fn unknown_or_malformed_refresh_tokens_are_invalid() {
     let app = TestApp::spawn().await;
     let tokens = app.signed_in().await;
+    // Change the last character (to one it is not, or the "altered" token would be the same).
     let mut altered = tokens.refresh.clone();
-    altered.pop();
-    altered.push('A');
+    let last = altered.pop().unwrap();
+    altered.push(if last == 'A' { 'B' } else { 'A' });
     for bad in [altered.as_str(), "", "dtr_", "garbage", &tokens.access] {
         assert_problem(
             app.refresh(bad).await,
