@@ -86,8 +86,11 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
 
     // Logout is left out: it would end the session that authenticates the rest of the run (it
     // is covered by `logout_sessions.rs`).
+    let scratch = dir.clone();
     let output = tokio::task::spawn_blocking(move || {
+        // Run in the scratch directory: Schemathesis keeps a cache in its working directory.
         Command::new(schemathesis_command())
+            .current_dir(&scratch)
             .args([
                 "--config-file",
                 CONFIG,
