@@ -43,6 +43,14 @@ impl Email {
         Self::lookup_key_of(&self.0)
     }
 
+    /// The address as a notice to another mailbox may name it: the first character of the
+    /// local part, then `***` (`n***@example.org`).
+    pub fn masked(&self) -> String {
+        let (local, domain) = self.0.rsplit_once('@').unwrap_or((self.0.as_str(), ""));
+        let first: String = local.chars().take(1).collect();
+        format!("{first}***@{domain}")
+    }
+
     /// The lookup key of an address that was not (yet) parsed, as sign-in uses it.
     pub fn lookup_key_of(raw: &str) -> String {
         raw.trim().to_lowercase()
@@ -238,6 +246,13 @@ mod tests {
     }
 
     #[test]
+    fn a_masked_email_shows_only_its_first_character_and_domain() {
+        let email = Email::parse("nora.newmail@example.org").unwrap();
+        assert_eq!(email.masked(), "n***@example.org");
+        assert_eq!(Email::parse("ü@例え.jp").unwrap().masked(), "ü***@例え.jp");
+    }
+
+    #[test]
     fn email_refuses_malformed_addresses() {
         for bad in [
             "",
@@ -309,7 +324,10 @@ mod tests {
     proptest! {
         #[test]
         fn parsers_never_panic(s in "\\PC*") {
-            let _ = Email::parse(&s);
+            if let Ok(email) = Email::parse(&s) {
+                let masked = email.masked();
+                prop_assert!(masked.contains("***@"));
+            }
             let _ = Username::parse(&s);
             let _ = DisplayName::parse(&s);
             let _ = Bio::parse(&s);

@@ -37,16 +37,32 @@ pub struct User {
     pub id: Uuid,
     pub email: Email,
     pub email_verified: bool,
+    /// The address an email change waits to have confirmed from its mailbox.
+    pub pending_email: Option<Email>,
     pub username: Username,
     pub display_name: Option<String>,
     pub bio: Option<String>,
     pub avatar_url: Option<String>,
     pub password_hash: String,
     pub status: AccountStatus,
+    /// Banned by moderation. Kept through a deletion: a banned account that is deleted and
+    /// restored is banned again (`status` is `Banned` exactly when banned and not deleted).
+    pub banned: bool,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     /// When the owner deleted the account (deleted accounts only).
     pub deleted_at: Option<Timestamp>,
     /// When a deleted account is erased; it can be restored until then.
     pub purge_after: Option<Timestamp>,
+}
+
+impl User {
+    /// What the account becomes when it is no longer deleted (restored) or banned (unbanned).
+    pub fn status_when_not_deleted(&self) -> AccountStatus {
+        if self.banned {
+            AccountStatus::Banned
+        } else {
+            AccountStatus::Active
+        }
+    }
 }

@@ -25,6 +25,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Seconds an access token lives.
     pub access_token_ttl: u64,
+    /// Seconds of clock skew tolerated on an access token's `exp` (at most 5).
+    pub access_token_leeway: u64,
     /// Seconds a session (and so its refresh tokens) lives, counted from sign-in.
     pub refresh_token_ttl: u64,
     /// Seconds after a rotation during which the old refresh token is refused without
@@ -101,7 +103,8 @@ pub struct Settings {
     pub rate_limit_enabled: bool,
     /// Sign-in attempts per client IP (`burst/requests/seconds`).
     pub rate_limit_login_ip: String,
-    /// Failed sign-ins per account: the soft lockout (at most 100 an hour by default).
+    /// Password checks per account, counted before each check and given back when it
+    /// succeeds: the soft lockout (about 100 wrong passwords an hour by default).
     pub rate_limit_login_account: String,
     /// Sign-in attempts per client IP and account.
     pub rate_limit_login_ip_account: String,
@@ -111,8 +114,13 @@ pub struct Settings {
     pub rate_limit_email_target: String,
     /// The same requests per client IP.
     pub rate_limit_email_ip: String,
-    /// Token refreshes per account.
+    /// Token refreshes per session.
     pub rate_limit_refresh: String,
+    /// Email changes started per account.
+    pub rate_limit_email_change: String,
+    /// Password checks of one account running at once (sign-in, `current_password`); more
+    /// are refused with 429 before any hashing.
+    pub password_checks_in_flight: u32,
     /// Every request per client IP: a generous ceiling.
     pub rate_limit_global_ip: String,
     /// Comma-separated addresses or networks whose `X-Forwarded-For` is believed.
@@ -146,6 +154,7 @@ impl Default for Settings {
             public_url: "http://localhost:8000".into(),
             data_dir: PathBuf::from("./var"),
             access_token_ttl: 900,
+            access_token_leeway: 3,
             refresh_token_ttl: 2_592_000,
             refresh_reuse_grace: 10,
             token_issuer: "dt-users".into(),
@@ -188,6 +197,8 @@ impl Default for Settings {
             rate_limit_email_target: "5/5/3600".into(),
             rate_limit_email_ip: "20/20/3600".into(),
             rate_limit_refresh: "60/60/60".into(),
+            rate_limit_email_change: "5/5/3600".into(),
+            password_checks_in_flight: 2,
             rate_limit_global_ip: "300/1200/60".into(),
             trusted_proxies: String::new(),
             cors_allowed_origins: String::new(),

@@ -13,7 +13,7 @@ use crate::config::Settings;
 use crate::email::Mailer;
 use crate::events::{CommandConsumer, EventRelay};
 use crate::jobs::{Beat, EmailWorker, JobQueue, OutboxRelay};
-use crate::security::access_token::AccessTokens;
+use crate::security::access_token::{AccessTokens, MAX_LEEWAY_SECS};
 use crate::security::client_ip::TrustedProxies;
 use crate::security::email_token::EmailTokens;
 use crate::security::keys::SigningKeys;
@@ -54,6 +54,9 @@ pub fn open_database(settings: &Settings) -> Result<Db, StartupError> {
 /// Builds the use-case layer: checks the schema, loads keys, connects the session store.
 /// The embedded default migrates its own SQLite file; any other database must be migrated
 /// with `dt-users migrate` first.
+/// How many stored hashes are read at start-up to choose the dummy hash's parameters.
+const DUMMY_SAMPLE: i64 = 10_000;
+
 pub async fn build_app(
     settings: Settings,
     clock: Arc<dyn Clock>,
@@ -70,11 +73,18 @@ pub async fn build_app(
         MigrationState::Ahead { unknown } => return Err(StartupError::DatabaseAhead(unknown)),
     }
     let keys = SigningKeys::load(&settings)?;
+    if settings.access_token_leeway > MAX_LEEWAY_SECS {
+        return Err(StartupError::Config(format!(
+            "DT_USERS_ACCESS_TOKEN_LEEWAY: {} s is more than the {MAX_LEEWAY_SECS} s allowed",
+            settings.access_token_leeway
+        )));
+    }
     let tokens = AccessTokens::new(
         keys,
         settings.token_issuer.clone(),
         settings.token_audience.clone(),
         settings.access_token_ttl,
+        settings.access_token_leeway,
     );
     let sessions = match settings.redis_url() {
         Some(url) => SessionStore::Redis(
@@ -91,6 +101,17 @@ pub async fn build_app(
         settings.password_hash_queue,
     )
     .map_err(|e| StartupError::Config(e.to_string()))?;
+    let stored = {
+        let mut conn = db
+            .pool()
+            .acquire()
+            .await
+            .map_err(dt_users_store::StoreError::from)?;
+        dt_users_store::sample_password_hashes(&mut conn, DUMMY_SAMPLE).await?
+    };
+    let hasher = hasher
+        .match_stored(&stored)
+        .map_err(|e| StartupError::Config(e.to_string()))?;
     tracing::info!(
         database = db.dialect().name(),
         sessions = sessions.backend(),

@@ -13,6 +13,10 @@ pub enum TokenPurpose {
     VerifyEmail,
     ResetPassword,
     RestoreAccount,
+    /// Confirms an email change; sent to the new address.
+    ConfirmEmailChange,
+    /// Cancels (or reverts) an email change; sent to the old address.
+    CancelEmailChange,
 }
 
 impl TokenPurpose {
@@ -21,6 +25,8 @@ impl TokenPurpose {
             Self::VerifyEmail => "verify_email",
             Self::ResetPassword => "reset_password",
             Self::RestoreAccount => "restore",
+            Self::ConfirmEmailChange => "change_email",
+            Self::CancelEmailChange => "cancel_change",
         }
     }
 }
@@ -43,13 +49,15 @@ pub async fn insert_email_token(
     expires_at: Timestamp,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO email_tokens (token_hash, user_id, purpose, email, created_at, expires_at) \
-         VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO email_tokens \
+         (token_hash, user_id, purpose, email, email_lower, created_at, expires_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(token_hash.to_owned())
     .bind(user_id.to_string())
     .bind(purpose.as_str())
     .bind(email.to_owned())
+    .bind(dt_users_domain::Email::lookup_key_of(email))
     .bind(now.as_millis())
     .bind(expires_at.as_millis())
     .execute(conn)
@@ -106,6 +114,68 @@ pub async fn revoke_email_tokens(
     .execute(conn)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Ends every live token of `user_id` but those for `keep` (the account's address changed:
+/// what was sent to the old one must not work any more).
+pub async fn revoke_email_tokens_except(
+    conn: &mut AnyConnection,
+    user_id: Uuid,
+    keep: Option<TokenPurpose>,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE email_tokens SET used_at = ? WHERE user_id = ? AND purpose <> ? AND used_at IS NULL",
+    )
+    .bind(now.as_millis())
+    .bind(user_id.to_string())
+    .bind(keep.map_or("", TokenPurpose::as_str))
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Ends the live tokens of `user_id` for `purpose` that were sent to `email_key`.
+pub async fn revoke_email_tokens_sent_to(
+    conn: &mut AnyConnection,
+    user_id: Uuid,
+    purpose: TokenPurpose,
+    email_key: &str,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE email_tokens SET used_at = ? \
+         WHERE user_id = ? AND purpose = ? AND email_lower = ? AND used_at IS NULL",
+    )
+    .bind(now.as_millis())
+    .bind(user_id.to_string())
+    .bind(purpose.as_str())
+    .bind(email_key.to_owned())
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// True when a live cancel link of an email change was sent to `email_key` (lower-cased) for
+/// an account other than `owner`: the address may go back to that account, so nobody else may
+/// take it meanwhile.
+pub async fn address_reserved(
+    conn: &mut AnyConnection,
+    email_key: &str,
+    owner: Option<Uuid>,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    let row = sqlx::query(
+        "SELECT 1 AS reserved FROM email_tokens WHERE email_lower = ? AND user_id <> ? \
+         AND purpose = ? AND used_at IS NULL AND expires_at > ? LIMIT 1",
+    )
+    .bind(email_key.to_owned())
+    .bind(owner.map(|id| id.to_string()).unwrap_or_default())
+    .bind(TokenPurpose::CancelEmailChange.as_str())
+    .bind(now.as_millis())
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.is_some())
 }
 
 /// Removes tokens that expired before `before`.

@@ -18,8 +18,9 @@ pub use coordination::{
 };
 pub use db::{Db, Dialect};
 pub use email_tokens::{
-    LiveToken, TokenPurpose, TokenRecord, delete_stale_email_tokens, email_tokens_of,
-    insert_email_token, peek_email_token, revoke_email_tokens, use_email_token,
+    LiveToken, TokenPurpose, TokenRecord, address_reserved, delete_stale_email_tokens,
+    email_tokens_of, insert_email_token, peek_email_token, revoke_email_tokens,
+    revoke_email_tokens_except, revoke_email_tokens_sent_to, use_email_token,
 };
 pub use error::{Conflict, StoreError};
 pub use migrations::MigrationState;
@@ -29,6 +30,6 @@ pub use outbox::{
 };
 pub use sqlx::AnyConnection;
 pub use users::{
-    due_for_purge, erase_user, insert_user, lock_user, update_user, user_by_email, user_by_id,
-    user_by_username,
+    due_for_purge, erase_user, insert_user, lock_user, replace_password_hash,
+    sample_password_hashes, update_user, user_by_email, user_by_id, user_by_username,
 };

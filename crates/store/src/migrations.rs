@@ -29,6 +29,11 @@ const MYSQL: Embedded = &[
         "commands",
         include_str!("../migrations/mysql/0004_commands.sql"),
     ),
+    (
+        5,
+        "email change and bans",
+        include_str!("../migrations/mysql/0005_email_change_and_bans.sql"),
+    ),
 ];
 
 const SQLITE: Embedded = &[
@@ -51,6 +56,11 @@ const SQLITE: Embedded = &[
         4,
         "commands",
         include_str!("../migrations/sqlite/0004_commands.sql"),
+    ),
+    (
+        5,
+        "email change and bans",
+        include_str!("../migrations/sqlite/0005_email_change_and_bans.sql"),
     ),
 ];
 

@@ -5,16 +5,18 @@ use uuid::Uuid;
 
 use crate::StoreError;
 
-const COLUMNS: &str = "id, email, email_verified, username, display_name, bio, avatar_url, \
-                       password_hash, status, created_at, updated_at, deleted_at, purge_after";
+const COLUMNS: &str = "id, email, email_verified, pending_email, username, display_name, bio, \
+     avatar_url, password_hash, status, banned, created_at, updated_at, deleted_at, purge_after";
 
-const INSERT: &str = "INSERT INTO users (id, email, email_lower, email_verified, username, \
-     username_lower, display_name, bio, avatar_url, password_hash, status, created_at, updated_at, \
-     deleted_at, purge_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const INSERT: &str = "INSERT INTO users (id, email, email_lower, email_verified, pending_email, \
+     username, username_lower, display_name, bio, avatar_url, password_hash, status, banned, \
+     created_at, updated_at, deleted_at, purge_after) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 const UPDATE: &str = "UPDATE users SET email = ?, email_lower = ?, email_verified = ?, \
-     username = ?, username_lower = ?, display_name = ?, bio = ?, avatar_url = ?, \
-     password_hash = ?, status = ?, updated_at = ?, deleted_at = ?, purge_after = ? WHERE id = ?";
+     pending_email = ?, username = ?, username_lower = ?, display_name = ?, bio = ?, \
+     avatar_url = ?, password_hash = ?, status = ?, banned = ?, updated_at = ?, deleted_at = ?, \
+     purge_after = ? WHERE id = ?";
 
 fn select_where(condition: &str) -> String {
     format!("SELECT {COLUMNS} FROM users WHERE {condition}")
@@ -24,10 +26,14 @@ fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
     let id: String = row.try_get("id")?;
     let status: String = row.try_get("status")?;
     let verified: i64 = row.try_get("email_verified")?;
+    let banned: i64 = row.try_get("banned")?;
     Ok(User {
         id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(format!("user id {id}: {e}")))?,
         email: Email::from_trusted(row.try_get("email")?),
         email_verified: verified != 0,
+        pending_email: row
+            .try_get::<Option<String>, _>("pending_email")?
+            .map(Email::from_trusted),
         username: Username::from_trusted(row.try_get("username")?),
         display_name: row.try_get("display_name")?,
         bio: row.try_get("bio")?,
@@ -35,6 +41,7 @@ fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
         password_hash: row.try_get("password_hash")?,
         status: AccountStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("user {id}: status {status}")))?,
+        banned: banned != 0,
         created_at: Timestamp::from_millis(row.try_get("created_at")?),
         updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
         deleted_at: row
@@ -66,6 +73,7 @@ pub async fn insert_user(conn: &mut AnyConnection, user: &User) -> Result<(), St
         .bind(user.email.as_str().to_owned())
         .bind(user.email.lookup_key())
         .bind(i16::from(user.email_verified))
+        .bind(user.pending_email.as_ref().map(|e| e.as_str().to_owned()))
         .bind(user.username.as_str().to_owned())
         .bind(user.username.lookup_key())
         .bind(user.display_name.clone())
@@ -73,6 +81,7 @@ pub async fn insert_user(conn: &mut AnyConnection, user: &User) -> Result<(), St
         .bind(user.avatar_url.clone())
         .bind(user.password_hash.clone())
         .bind(user.status.as_str())
+        .bind(i16::from(user.banned))
         .bind(user.created_at.as_millis())
         .bind(user.updated_at.as_millis())
         .bind(user.deleted_at.map(Timestamp::as_millis))
@@ -88,6 +97,7 @@ pub async fn update_user(conn: &mut AnyConnection, user: &User) -> Result<(), St
         .bind(user.email.as_str().to_owned())
         .bind(user.email.lookup_key())
         .bind(i16::from(user.email_verified))
+        .bind(user.pending_email.as_ref().map(|e| e.as_str().to_owned()))
         .bind(user.username.as_str().to_owned())
         .bind(user.username.lookup_key())
         .bind(user.display_name.clone())
@@ -95,6 +105,7 @@ pub async fn update_user(conn: &mut AnyConnection, user: &User) -> Result<(), St
         .bind(user.avatar_url.clone())
         .bind(user.password_hash.clone())
         .bind(user.status.as_str())
+        .bind(i16::from(user.banned))
         .bind(user.updated_at.as_millis())
         .bind(user.deleted_at.map(Timestamp::as_millis))
         .bind(user.purge_after.map(Timestamp::as_millis))
@@ -102,6 +113,37 @@ pub async fn update_user(conn: &mut AnyConnection, user: &User) -> Result<(), St
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Replaces the password hash only if it is still `expected` (a rehash on sign-in); false
+/// when the account changed meanwhile, which then stays as it is.
+pub async fn replace_password_hash(
+    conn: &mut AnyConnection,
+    id: Uuid,
+    expected: &str,
+    new_hash: &str,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?")
+        .bind(new_hash.to_owned())
+        .bind(id.to_string())
+        .bind(expected.to_owned())
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Up to `limit` stored password hashes, to learn which hashing parameters most accounts have.
+pub async fn sample_password_hashes(
+    conn: &mut AnyConnection,
+    limit: i64,
+) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query("SELECT password_hash FROM users LIMIT ?")
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|row| row.try_get("password_hash").map_err(StoreError::from))
+        .collect()
 }
 
 pub async fn user_by_id(conn: &mut AnyConnection, id: Uuid) -> Result<Option<User>, StoreError> {

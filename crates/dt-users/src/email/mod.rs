@@ -23,8 +23,10 @@ pub enum EmailKind {
     PasswordReset,
     /// Security notice after a password change or reset.
     PasswordChanged,
-    /// Notice to the old address after an email change.
-    EmailChanged,
+    /// To the new address of an email change, with the confirmation link.
+    EmailChangeConfirm,
+    /// To the old address of an email change, with the link that cancels or reverts it.
+    EmailChangeNotice,
     /// After deletion, with the restoration link.
     AccountRestore,
 }
@@ -36,7 +38,8 @@ impl EmailKind {
             Self::VerifyEmail => "verify_email",
             Self::PasswordReset => "password_reset",
             Self::PasswordChanged => "password_changed",
-            Self::EmailChanged => "email_changed",
+            Self::EmailChangeConfirm => "email_change_confirm",
+            Self::EmailChangeNotice => "email_change_notice",
             Self::AccountRestore => "account_restore",
         }
     }
@@ -47,7 +50,9 @@ impl EmailKind {
             Self::Welcome | Self::VerifyEmail => Some("/verify-email"),
             Self::PasswordReset => Some("/reset-password"),
             Self::AccountRestore => Some("/restore-account"),
-            Self::PasswordChanged | Self::EmailChanged => None,
+            Self::EmailChangeConfirm => Some("/confirm-email-change"),
+            Self::EmailChangeNotice => Some("/cancel-email-change"),
+            Self::PasswordChanged => None,
         }
     }
 }

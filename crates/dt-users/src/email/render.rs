@@ -19,7 +19,8 @@ const TEMPLATES: &[(&str, &str)] = email_templates!(
     "verify_email",
     "password_reset",
     "password_changed",
-    "email_changed",
+    "email_change_confirm",
+    "email_change_notice",
     "account_restore",
 );
 
@@ -114,7 +115,8 @@ mod tests {
             EmailKind::VerifyEmail,
             EmailKind::PasswordReset,
             EmailKind::PasswordChanged,
-            EmailKind::EmailChanged,
+            EmailKind::EmailChangeConfirm,
+            EmailKind::EmailChangeNotice,
             EmailKind::AccountRestore,
         ] {
             let token = kind.token_path().map(|_| "TOKEN123");

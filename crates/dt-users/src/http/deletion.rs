@@ -38,6 +38,7 @@ pub struct Deleted {
         (status = 202, description = "Deleted, restorable", body = Deleted),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`invalid_credentials`: wrong password", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`: too many password checks for this account", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn delete(

@@ -63,13 +63,60 @@ pub async fn verify(
     responses(
         (status = 202, description = "Accepted", body = Accepted),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`: too many emails for this client or account", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn request_verification(
     State(app): State<AppState>,
+    client: Client,
     CurrentSession(subject): CurrentSession,
 ) -> Result<Response, ApiError> {
-    app.request_email_verification(subject).await?;
+    app.request_email_verification(subject, client.ip_key())
+        .await?;
     Ok(accepted())
+}
+
+/// Confirm an email change with the token sent to the new address; the new address takes
+/// effect, verified.
+#[utoipa::path(post, path = "/api/v1/auth/email/change/confirm", tag = "auth",
+    request_body = TokenRequest,
+    responses(
+        (status = 200, description = "The account with its new address", body = UserView),
+        (status = 400, description = "`invalid_token`: unknown, used, expired, or for a change that was replaced or cancelled", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`email_taken`: another account took the address meanwhile", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn confirm_change(
+    State(app): State<AppState>,
+    ApiJson(body): ApiJson<TokenRequest>,
+) -> Result<Json<UserView>, ApiError> {
+    let user = app.confirm_email_change(&body.token).await?;
+    Ok(Json(UserView::from(&user)))
+}
+
+/// What a cancel link did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CancelledChange {
+    /// `cancelled` (the change was pending) or `reverted` (it had been confirmed: the old
+    /// address is back and every session ended).
+    pub status: &'static str,
+}
+
+/// Cancel an email change with the token from the notice sent to the old address; if the
+/// change was already confirmed, revert it and end every session.
+#[utoipa::path(post, path = "/api/v1/auth/email/change/cancel", tag = "auth",
+    request_body = TokenRequest,
+    responses(
+        (status = 200, description = "Cancelled or reverted", body = CancelledChange),
+        (status = 400, description = "`invalid_token`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`email_taken`: the old address belongs to another account now", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn cancel_change(
+    State(app): State<AppState>,
+    ApiJson(body): ApiJson<TokenRequest>,
+) -> Result<Json<CancelledChange>, ApiError> {
+    let outcome = app.cancel_email_change(&body.token).await?;
+    Ok(Json(CancelledChange {
+        status: outcome.as_str(),
+    }))
 }
 
 /// Ask for a password-reset email. Always 202, whether or not the address has an account.

@@ -19,7 +19,69 @@ use crate::service::{ClientInfo, ServiceError};
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
+/// The field a deserialization error is about, as a client shows it: the bare name of a
+/// top-level field (`password`), a JSON pointer for a nested one (`/credential/response`),
+/// `body` for the body as a whole.
+fn field_error<E: std::fmt::Display>(err: &serde_path_to_error::Error<E>) -> (String, String) {
+    // Every body is an object: one read as a sequence (an array) is wrong as a whole.
+    if let Some(serde_path_to_error::Segment::Seq { .. }) = err.path().iter().next() {
+        return ("body".to_owned(), "must be a JSON object".to_owned());
+    }
+    let mut segments: Vec<String> = err
+        .path()
+        .iter()
+        .filter_map(|segment| match segment {
+            serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+            serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+            serde_path_to_error::Segment::Enum { variant } => Some(variant.clone()),
+            serde_path_to_error::Segment::Unknown => None,
+        })
+        .collect();
+    let message = err.inner().to_string();
+    // serde_json ends its messages with the position; the field says where.
+    let message = match message.rsplit_once(" at line ") {
+        Some((text, _)) => text.to_owned(),
+        None => message,
+    };
+    // A missing field is reported at its parent: name the field itself. (An unknown field's
+    // path already ends with its name.)
+    if let Some((name, _)) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+    {
+        segments.push(name.to_owned());
+    }
+    let field = match segments.as_slice() {
+        [] => "body".to_owned(),
+        [name] => name.clone(),
+        nested => nested
+            .iter()
+            .map(|s| format!("/{}", s.replace('~', "~0").replace('/', "~1")))
+            .collect(),
+    };
+    (field, message)
+}
+
+/// Whether the inner error of a rejection is a deserialization error with a path.
+fn path_error<E: std::error::Error + 'static>(
+    rejection: &(dyn std::error::Error + 'static),
+) -> Option<(String, String)> {
+    let mut source = Some(rejection);
+    while let Some(err) = source {
+        if let Some(err) = err.downcast_ref::<serde_path_to_error::Error<E>>() {
+            return Some(field_error(err));
+        }
+        source = err.source();
+    }
+    None
+}
+
 pub fn json_rejection(rejection: JsonRejection) -> ApiError {
+    if let JsonRejection::JsonDataError(e) = &rejection
+        && let Some((field, message)) = path_error::<serde_json::Error>(e)
+    {
+        return ApiError::validation(&field, message);
+    }
     match rejection {
         JsonRejection::MissingJsonContentType(_) => {
             ApiError::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
@@ -68,7 +130,10 @@ impl<T: DeserializeOwned, F: DeserializeOwned, S: Send + Sync> FromRequest<S> fo
                 .map(|axum::Form(form)| Self::Form(form))
                 .map_err(|rejection| match rejection {
                     FormRejection::FailedToDeserializeFormBody(e) => {
-                        ApiError::validation("body", e.body_text())
+                        match path_error::<serde_urlencoded::de::Error>(&e) {
+                            Some((field, message)) => ApiError::validation(&field, message),
+                            None => ApiError::validation("body", e.body_text()),
+                        }
                     }
                     other => ApiError::for_status(other.status()).detail(other.body_text()),
                 })

@@ -163,6 +163,8 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(email::request_verification))
         .routes(routes!(email::forgot))
         .routes(routes!(email::reset))
+        .routes(routes!(email::confirm_change))
+        .routes(routes!(email::cancel_change))
         .routes(routes!(users::current, users::update, deletion::delete))
         .routes(routes!(deletion::restore))
         .routes(routes!(deletion::request_restore))

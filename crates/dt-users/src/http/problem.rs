@@ -244,6 +244,10 @@ impl From<ServiceError> for ApiError {
                 error
             }
             ServiceError::NotFound => Self::new(S::NOT_FOUND, "not_found", "Not found"),
+            ServiceError::Overloaded => {
+                Self::new(S::SERVICE_UNAVAILABLE, "overloaded", "Service overloaded")
+                    .detail("Too many sign-ins are being checked right now; try again in a moment.")
+            }
             ServiceError::Unavailable(cause) => {
                 Self::new(S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
                     .detail("A dependency is unavailable; try again shortly.")

@@ -34,8 +34,9 @@ pub async fn current(
         (status = 200, body = UserView),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`invalid_credentials`: wrong `current_password`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`email_taken` or `username_taken`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`username_taken` (an email change never answers `email_taken`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_error` or `weak_password`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`: too many password checks or email changes for this account", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update(
     State(app): State<AppState>,

@@ -12,6 +12,8 @@ pub struct UserView {
     pub id: Uuid,
     pub email: String,
     pub email_verified: bool,
+    /// The address an email change waits to have confirmed; null when none waits.
+    pub pending_email: Option<String>,
     pub username: String,
     pub display_name: Option<String>,
     pub bio: Option<String>,
@@ -28,6 +30,7 @@ impl From<&User> for UserView {
             id: user.id,
             email: user.email.as_str().to_owned(),
             email_verified: user.email_verified,
+            pending_email: user.pending_email.as_ref().map(|e| e.as_str().to_owned()),
             username: user.username.as_str().to_owned(),
             display_name: user.display_name.clone(),
             bio: user.bio.clone(),
@@ -152,7 +155,8 @@ pub struct UpdateUserRequest {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
     pub avatar_url: Option<Option<String>>,
-    /// Needs `current_password`; the new address is unverified.
+    /// Needs `current_password`; starts an email change: the address takes effect once
+    /// confirmed from its mailbox, and shows as `pending_email` until then.
     pub email: Option<String>,
     /// Needs `current_password`; ends every other session.
     pub new_password: Option<String>,

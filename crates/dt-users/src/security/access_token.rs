@@ -9,8 +9,9 @@ use super::keys::SigningKeys;
 
 /// The `typ` header of access tokens (RFC 9068).
 pub const TOKEN_TYPE: &str = "at+jwt";
-/// Clock skew tolerated on `exp`.
-const LEEWAY_SECS: i64 = 30;
+/// The most clock skew `exp` may be given: a token is never accepted much past the lifetime
+/// its `expires_in` announced.
+pub const MAX_LEEWAY_SECS: u64 = 5;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AccessClaims {
@@ -45,11 +46,18 @@ pub struct AccessTokens {
     issuer: String,
     audience: String,
     ttl_secs: u64,
+    leeway_secs: i64,
     validation: Validation,
 }
 
 impl AccessTokens {
-    pub fn new(keys: SigningKeys, issuer: String, audience: String, ttl_secs: u64) -> Self {
+    pub fn new(
+        keys: SigningKeys,
+        issuer: String,
+        audience: String,
+        ttl_secs: u64,
+        leeway_secs: u64,
+    ) -> Self {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&issuer]);
         validation.set_audience(&[&audience]);
@@ -62,6 +70,7 @@ impl AccessTokens {
             issuer,
             audience,
             ttl_secs,
+            leeway_secs: i64::try_from(leeway_secs.min(MAX_LEEWAY_SECS)).unwrap_or(0),
             validation,
         }
     }
@@ -119,7 +128,7 @@ impl AccessTokens {
         let data = jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation)
             .map_err(|_| AccessTokenError::Invalid)?;
         let claims = data.claims;
-        if claims.exp.saturating_add(LEEWAY_SECS) <= now.as_secs() {
+        if claims.exp.saturating_add(self.leeway_secs) <= now.as_secs() {
             return Err(AccessTokenError::Expired);
         }
         let user_id = Uuid::parse_str(&claims.sub).map_err(|_| AccessTokenError::Invalid)?;

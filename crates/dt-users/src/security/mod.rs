@@ -6,4 +6,5 @@ pub mod email_token;
 pub mod keys;
 pub mod password_hasher;
 pub mod rate_limit;
+pub mod refresh_token;
 pub mod secret_token;

@@ -35,8 +35,21 @@ pub struct PasswordHasherPool {
     waiting: AtomicUsize,
     max_waiting: usize,
     /// A hash of a random password, verified when an email is unknown so that an unknown
-    /// email costs the same as a wrong password.
+    /// email costs the same as a wrong password: made with the parameters most stored hashes
+    /// have (see [`PasswordHasherPool::match_stored`]).
     dummy_hash: String,
+}
+
+/// The cost parameters of a stored hash, if it is an argon2 hash.
+fn stored_params(stored: &str) -> Option<(String, u32, u32, u32)> {
+    let parsed = PasswordHash::new(stored).ok()?;
+    let params = Params::try_from(&parsed).ok()?;
+    Some((
+        parsed.algorithm.as_str().to_owned(),
+        params.m_cost(),
+        params.t_cost(),
+        params.p_cost(),
+    ))
 }
 
 impl PasswordHasherPool {
@@ -60,6 +73,43 @@ impl PasswordHasherPool {
         })
     }
 
+    /// Makes the dummy hash with the parameters most of `stored` (a sample of the stored
+    /// hashes) have. After a change of parameters, most accounts keep their old hash until
+    /// they next sign in; a dummy with the new parameters would make a wrong password for a
+    /// known address cost other than one for an unknown address, and tell them apart.
+    pub fn match_stored(mut self, stored: &[String]) -> Result<Self, HashError> {
+        let mut counts: std::collections::HashMap<(String, u32, u32, u32), usize> =
+            std::collections::HashMap::new();
+        for hash in stored {
+            if let Some(params) = stored_params(hash) {
+                *counts.entry(params).or_default() += 1;
+            }
+        }
+        let Some(((algorithm, m, t, p), _)) = counts.into_iter().max_by_key(|(_, n)| *n) else {
+            return Ok(self);
+        };
+        let current = (m, t, p)
+            == (
+                self.params.m_cost(),
+                self.params.t_cost(),
+                self.params.p_cost(),
+            );
+        if algorithm != ARGON2ID_IDENT.as_str() || current {
+            return Ok(self);
+        }
+        let params = Params::new(m, t, p, None)
+            .map_err(|e| HashError::Failed(format!("stored argon2 parameters: {e}")))?;
+        let dummy = SecretString::from(super::secret_token::random_urlsafe(24));
+        self.dummy_hash = hash_blocking(&params, &dummy)?;
+        tracing::info!(
+            memory_kib = m,
+            iterations = t,
+            parallelism = p,
+            "unknown-account checks use the parameters most stored hashes have"
+        );
+        Ok(self)
+    }
+
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(Params) -> Result<T, HashError> + Send + 'static,
@@ -73,6 +123,7 @@ impl PasswordHasherPool {
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             metrics::counter!("password_hash_shed_total").increment(1);
+            tracing::warn!("password hashing is saturated: request shed");
             return Err(HashError::Overloaded);
         }
         let waiting = Waiting(&self.waiting);
@@ -196,6 +247,28 @@ mod tests {
         assert_eq!(
             new.verify_dummy(SecretString::from("x")).await.unwrap(),
             Verified::No
+        );
+    }
+
+    #[tokio::test]
+    async fn the_dummy_takes_the_parameters_most_stored_hashes_have() {
+        let old = pool(1024);
+        let mut stored = Vec::new();
+        for _ in 0..3 {
+            stored.push(old.hash(SecretString::from("pw")).await.unwrap());
+        }
+        let new = pool(2048);
+        stored.push(new.hash(SecretString::from("pw")).await.unwrap());
+        stored.push("not a hash".into());
+        let matched = pool(2048).match_stored(&stored).unwrap();
+        assert_eq!(
+            stored_params(&matched.dummy_hash),
+            stored_params(&stored[0])
+        );
+        let unchanged = pool(2048).match_stored(&[]).unwrap();
+        assert_eq!(
+            stored_params(&unchanged.dummy_hash),
+            stored_params(&stored[3])
         );
     }
 }

@@ -67,6 +67,7 @@ impl App {
         if store::user_by_email(&mut conn, &email.lookup_key())
             .await?
             .is_some()
+            || store::address_reserved(&mut conn, &email.lookup_key(), None, self.now()).await?
         {
             return Err(ServiceError::EmailTaken);
         }
@@ -84,12 +85,14 @@ impl App {
             id: Uuid::now_v7(),
             email,
             email_verified: false,
+            pending_email: None,
             username,
             display_name: display_name.map(|d| d.as_str().to_owned()),
             bio: None,
             avatar_url: None,
             password_hash,
             status: AccountStatus::Active,
+            banned: false,
             created_at: now,
             updated_at: now,
             deleted_at: None,

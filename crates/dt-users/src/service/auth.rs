@@ -1,12 +1,13 @@
-use dt_users_domain::{AccountStatus, Email, Timestamp, normalize_password};
+use dt_users_domain::{AccountStatus, Email, Timestamp, User, normalize_password};
 use dt_users_store as store;
+use secrecy::SecretString;
 use serde::Serialize;
 use uuid::Uuid;
 
 use super::{App, ServiceError};
 use crate::security::access_token::{AccessTokenError, TokenSubject};
 use crate::security::password_hasher::Verified;
-use crate::security::secret_token::{REFRESH_PREFIX, hash_secret, random_urlsafe};
+use crate::security::refresh_token::RefreshToken;
 use crate::sessions::{Rotation, Session};
 
 /// What is recorded about the client that signs in, for the sessions list.
@@ -40,26 +41,21 @@ pub enum LogoutScope {
     Global,
 }
 
-/// A refresh token names its user (`dtr_<user id>.<secret>`) so that all of a user's session
-/// keys can live together (one Redis slot); only its hash is stored.
-fn new_refresh_token(user_id: Uuid) -> String {
-    format!(
-        "{REFRESH_PREFIX}{}.{}",
-        user_id.simple(),
-        random_urlsafe(32)
-    )
-}
-
-fn refresh_token_user(token: &str) -> Option<Uuid> {
-    let (user, secret) = token.strip_prefix(REFRESH_PREFIX)?.split_once('.')?;
-    (secret.len() == 43).then_some(())?;
-    Uuid::try_parse(user).ok()
-}
-
 /// Whole seconds left, rounded up: a session with 86,399.9 s to live "expires in 86,400 s".
 fn remaining_secs(until: Timestamp, now: Timestamp) -> u64 {
     let millis = (until.as_millis() - now.as_millis()).max(0);
     u64::try_from((millis + 999) / 1000).unwrap_or(0)
+}
+
+/// Why a correct password does not sign in.
+fn refuse_unless_active(user: &User) -> Result<(), ServiceError> {
+    match user.status {
+        AccountStatus::Active => Ok(()),
+        AccountStatus::Deleted => Err(ServiceError::AccountDeleted {
+            restore_until: user.purge_after.unwrap_or(user.updated_at),
+        }),
+        AccountStatus::Banned => Err(ServiceError::AccountBanned),
+    }
 }
 
 impl App {
@@ -84,7 +80,8 @@ impl App {
     }
 
     /// Signs in with email and password. An unknown email costs one (dummy) verification,
-    /// as a wrong password does, and gets the same answer.
+    /// as a wrong password does, and gets the same answer; both are counted against the
+    /// address before the check (the soft lockout).
     #[tracing::instrument(skip_all)]
     pub async fn login(
         &self,
@@ -94,44 +91,41 @@ impl App {
     ) -> Result<TokenPair, ServiceError> {
         let password = normalize_password(password);
         let email_key = Email::lookup_key_of(email);
-        // The soft lockout: too many failures for this account (from anywhere) and even the
-        // right password waits. Known and unknown addresses are counted alike.
-        self.limit_peek("login_account", self.limits.login_account, &email_key)
-            .await?;
         let mut conn = self.db.pool().acquire().await?;
         let user = store::user_by_email(&mut conn, &email_key).await?;
         drop(conn);
-        let verified = match &user {
-            Some(user) => {
-                self.hasher
-                    .verify(password.clone(), user.password_hash.clone())
-                    .await?
-            }
-            None => self.hasher.verify_dummy(password.clone()).await?,
-        };
-        let Some(mut user) = user.filter(|_| verified != Verified::No) else {
-            // Counted; this answer stays `invalid_credentials` even when the failure spends
-            // the quota — the next attempt is the one refused.
-            let _ = self
-                .limit("login_account", self.limits.login_account, &email_key)
-                .await;
+        let stored = user.as_ref().map(|u| u.password_hash.clone());
+        let verified = self
+            .check_password(&email_key, password.clone(), stored)
+            .await?;
+        let Some(user) = user.filter(|_| verified != Verified::No) else {
             return Err(ServiceError::InvalidCredentials);
         };
         // Only a correct password learns why the account cannot sign in.
-        match user.status {
-            AccountStatus::Active => {}
-            AccountStatus::Deleted => {
-                return Err(ServiceError::AccountDeleted {
-                    restore_until: user.purge_after.unwrap_or(user.updated_at),
-                });
-            }
-            AccountStatus::Banned => return Err(ServiceError::AccountBanned),
-        }
+        refuse_unless_active(&user)?;
         if verified == Verified::YesRehash {
-            user.password_hash = self.hasher.hash(password).await?;
-            let mut conn = self.db.pool().acquire().await?;
-            store::update_user(&mut conn, &user).await?;
-            tracing::info!(user_id = %user.id, "password rehashed with the current parameters");
+            self.rehash(&user, password.clone()).await?;
+        }
+
+        // The revocation epoch first, then the account as it is now: a password change, a
+        // ban or a deletion that committed since the check above shows in the account, and
+        // one that commits from now on raises the epoch, so the session is refused either way.
+        let epoch = self.sessions.epoch(user.id).await?;
+        let mut conn = self.db.pool().acquire().await?;
+        let current = store::user_by_id(&mut conn, user.id)
+            .await?
+            .ok_or(ServiceError::InvalidCredentials)?;
+        drop(conn);
+        refuse_unless_active(&current)?;
+        if current.password_hash != user.password_hash {
+            // Changed meanwhile: by a new password, or by a concurrent sign-in's rehash.
+            let still = self
+                .hasher
+                .verify(password, current.password_hash.clone())
+                .await?;
+            if still == Verified::No {
+                return Err(ServiceError::InvalidCredentials);
+            }
         }
 
         let now = self.now();
@@ -144,52 +138,71 @@ impl App {
             user_agent: client.user_agent,
             ip: client.ip,
         };
-        let refresh_token = new_refresh_token(user.id);
-        self.sessions
-            .create(&session, &hash_secret(&refresh_token))
-            .await?;
+        let refresh_token = RefreshToken::first(user.id, session.id);
+        if !self
+            .sessions
+            .create(&session, &refresh_token.secrets(), epoch)
+            .await?
+        {
+            tracing::info!(user_id = %user.id, "sign-in overtaken by a revocation: refused");
+            return Err(ServiceError::InvalidCredentials);
+        }
         tracing::info!(user_id = %user.id, session_id = %session.id, "signed in");
         let subject = TokenSubject {
             user_id: user.id,
             session_id: session.id,
         };
-        self.token_pair(subject, refresh_token, session.expires_at, now)
+        self.token_pair(subject, refresh_token.encode(), session.expires_at, now)
+    }
+
+    /// Stores a hash of `password` with the current parameters in place of `user`'s — only
+    /// if the stored hash is still the one that was verified, so that a password change,
+    /// ban or deletion committed meanwhile is never written over.
+    async fn rehash(&self, user: &User, password: SecretString) -> Result<(), ServiceError> {
+        let new_hash = self.hasher.hash(password).await?;
+        let mut conn = self.db.pool().acquire().await?;
+        if store::replace_password_hash(&mut conn, user.id, &user.password_hash, &new_hash).await? {
+            tracing::info!(user_id = %user.id, "password rehashed with the current parameters");
+        }
+        Ok(())
     }
 
     /// Exchanges a refresh token for a new pair. The old token dies; presenting it again
     /// after the grace window ends the whole session.
     #[tracing::instrument(skip_all)]
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, ServiceError> {
-        let user_id = refresh_token_user(refresh_token).ok_or(ServiceError::InvalidRefreshToken)?;
-        self.limit("refresh", self.limits.refresh, &user_id.to_string())
-            .await?;
+        let token = RefreshToken::parse(refresh_token).ok_or(ServiceError::InvalidRefreshToken)?;
+        let presented = token.presented();
         let now = self.now();
-        let new_token = new_refresh_token(user_id);
+        // Charged to the session, and only once the token is known to be its: nobody can
+        // spend another's budget with made-up tokens.
+        if !self.sessions.owns(&presented, now).await? {
+            return Err(ServiceError::InvalidRefreshToken);
+        }
+        self.limit(
+            "refresh",
+            self.limits.refresh,
+            &token.session_id.to_string(),
+        )
+        .await?;
+        let next = token.next(token.generation.saturating_add(1));
         let grace_ms = i64::try_from(self.settings.refresh_reuse_grace.saturating_mul(1000))
             .unwrap_or(i64::MAX);
         let rotation = self
             .sessions
-            .rotate(
-                user_id,
-                &hash_secret(refresh_token),
-                &hash_secret(&new_token),
-                now,
-                grace_ms,
-            )
+            .rotate(&presented, &next.secrets().current_hash, now, grace_ms)
             .await?;
+        let (user_id, session_id) = (token.user_id, token.session_id);
         match rotation {
-            Rotation::Rotated {
-                session_id,
-                expires_at,
-            } => {
+            Rotation::Rotated { expires_at } => {
                 let subject = TokenSubject {
                     user_id,
                     session_id,
                 };
-                self.token_pair(subject, new_token, expires_at, now)
+                self.token_pair(subject, next.encode(), expires_at, now)
             }
             Rotation::WithinGrace | Rotation::Invalid => Err(ServiceError::InvalidRefreshToken),
-            Rotation::Reused { session_id } => {
+            Rotation::Reused => {
                 tracing::warn!(%user_id, %session_id, "refresh token reused: session revoked");
                 // The session already ended in the store; announcing it is best effort here.
                 if let Err(e) = self.announce_sessions_revoked(user_id, &[session_id]).await {
@@ -197,6 +210,24 @@ impl App {
                 }
                 Err(ServiceError::RefreshTokenReused)
             }
+        }
+    }
+
+    /// Ends every session but `keep` once more, after the commit of a change that ended
+    /// them before it: a sign-in that read the account between the first revocation and the
+    /// commit saw the old state, and its session ends here. Sessions ended here are announced.
+    pub(super) async fn revoke_after_commit(&self, user_id: Uuid, keep: Option<Uuid>) {
+        let ended = match self.sessions.revoke_all(user_id, keep, self.now()).await {
+            Ok(ended) => ended,
+            Err(e) => {
+                tracing::error!(%user_id, error = %e, "sessions not ended again after the commit");
+                return;
+            }
+        };
+        if !ended.is_empty()
+            && let Err(e) = self.announce_sessions_revoked(user_id, &ended).await
+        {
+            tracing::warn!(error = %e, "sessions_revoked event not recorded");
         }
     }
 
@@ -252,10 +283,14 @@ impl App {
             }
             LogoutScope::Others => {
                 self.sessions
-                    .revoke_all(subject.user_id, Some(subject.session_id))
+                    .revoke_all(subject.user_id, Some(subject.session_id), self.now())
                     .await?
             }
-            LogoutScope::Global => self.sessions.revoke_all(subject.user_id, None).await?,
+            LogoutScope::Global => {
+                self.sessions
+                    .revoke_all(subject.user_id, None, self.now())
+                    .await?
+            }
         };
         self.record_sessions_revoked(&mut tx, subject.user_id, &ended)
             .await?;
@@ -284,27 +319,5 @@ impl App {
         self.outbox_committed();
         tracing::info!(user_id = %subject.user_id, %session_id, "session ended");
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refresh_tokens_name_their_user() {
-        let user = Uuid::now_v7();
-        let token = new_refresh_token(user);
-        assert_eq!(refresh_token_user(&token), Some(user));
-        assert_eq!(refresh_token_user("dtr_nope.x"), None);
-        assert_eq!(refresh_token_user(&token[..token.len() - 1]), None);
-        assert_eq!(refresh_token_user(""), None);
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn refresh_token_parsing_never_panics(s in "\\PC*") {
-            let _ = refresh_token_user(&s);
-        }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use dt_users_domain::{AccountStatus, Email, Timestamp, User, normalize_password};
+use dt_users_domain::{AccountStatus, Email, Timestamp, User};
 use dt_users_store::{self as store, TokenPurpose};
 use serde_json::json;
 use uuid::Uuid;
@@ -14,7 +14,6 @@ use super::{App, ServiceError};
 use crate::email::EmailKind;
 use crate::events::types;
 use crate::security::access_token::TokenSubject;
-use crate::security::password_hasher::Verified;
 use crate::security::secret_token::hash_secret;
 use crate::sessions::Session;
 
@@ -37,13 +36,7 @@ impl App {
         password: &str,
     ) -> Result<Timestamp, ServiceError> {
         let user = self.current_user(subject).await?;
-        let verified = self
-            .hasher
-            .verify(normalize_password(password), user.password_hash.clone())
-            .await?;
-        if verified == Verified::No {
-            return Err(ServiceError::WrongCurrentPassword);
-        }
+        self.check_current_password(&user, password).await?;
         let now = self.now();
         let restore_until = now.plus_secs(self.settings.deletion_grace_period);
         let mut tx = self.db.begin_write().await?;
@@ -56,13 +49,15 @@ impl App {
         user.purge_after = Some(restore_until);
         user.updated_at = now;
         store::update_user(&mut tx, &user).await?;
-        for purpose in [
-            TokenPurpose::VerifyEmail,
-            TokenPurpose::ResetPassword,
-            TokenPurpose::RestoreAccount,
-        ] {
-            store::revoke_email_tokens(&mut tx, user.id, purpose, now).await?;
-        }
+        // Cancel links stay: an intruder who changed the address and then deleted the account
+        // is undone by the old mailbox — the address comes back, and with it the restoration.
+        store::revoke_email_tokens_except(
+            &mut tx,
+            user.id,
+            Some(TokenPurpose::CancelEmailChange),
+            now,
+        )
+        .await?;
         self.queue_restore_email(&mut tx, &user, restore_until)
             .await?;
         self.record_event(
@@ -74,9 +69,10 @@ impl App {
         .await?;
         // Sessions end before the deletion commits: no token outlives it.
         // (`deleted` tells other services that every session ended; no `sessions_revoked`.)
-        let ended = self.sessions.revoke_all(user.id, None).await?;
+        let ended = self.sessions.revoke_all(user.id, None, now).await?;
         tx.commit().await?;
         self.outbox_committed();
+        self.revoke_after_commit(user.id, None).await;
         tracing::info!(sessions = ended.len(), restore_until = %restore_until.to_rfc3339(), "account deleted");
         Ok(restore_until)
     }
@@ -127,7 +123,7 @@ impl App {
         store::use_email_token(&mut tx, &token_hash, TokenPurpose::RestoreAccount, now)
             .await?
             .ok_or(ServiceError::InvalidEmailToken)?;
-        user.status = AccountStatus::Active;
+        user.status = user.status_when_not_deleted();
         user.deleted_at = None;
         user.purge_after = None;
         user.updated_at = now;
@@ -211,8 +207,9 @@ impl App {
         store::erase_user(&mut tx, user_id).await?;
         self.record_event(&mut tx, user_id, types::PURGED, json!({"user_id": user_id}))
             .await?;
-        self.sessions.revoke_all(user_id, None).await?;
+        self.sessions.revoke_all(user_id, None, now).await?;
         tx.commit().await?;
+        self.revoke_after_commit(user_id, None).await;
         tracing::info!(%user_id, "account erased");
         Ok(true)
     }

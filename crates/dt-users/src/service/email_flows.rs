@@ -48,7 +48,42 @@ pub(super) fn plausible_token(token: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// An emailed token, used, with its account locked.
+pub(super) struct UsedToken {
+    /// The account, locked until the transaction ends (`None` if it is gone).
+    pub user: Option<User>,
+    /// The address the token was sent to.
+    pub sent_to: String,
+}
+
 impl App {
+    /// Uses `token` for `purpose` in `tx` and locks its account — the account first, as every
+    /// change of an account does, so that two links of one account used at once wait for each
+    /// other instead of deadlocking.
+    pub(super) async fn lock_token_owner(
+        &self,
+        tx: &mut AnyConnection,
+        token: &str,
+        purpose: TokenPurpose,
+    ) -> Result<UsedToken, ServiceError> {
+        if !plausible_token(token) {
+            return Err(ServiceError::InvalidEmailToken);
+        }
+        let hash = hash_secret(token);
+        let now = self.now();
+        let peeked = store::peek_email_token(tx, &hash, purpose, now)
+            .await?
+            .ok_or(ServiceError::InvalidEmailToken)?;
+        let user = store::lock_user(tx, peeked.user_id, self.db.dialect()).await?;
+        let used = store::use_email_token(tx, &hash, purpose, now)
+            .await?
+            .ok_or(ServiceError::InvalidEmailToken)?;
+        Ok(UsedToken {
+            user,
+            sent_to: used.email,
+        })
+    }
+
     /// Records an email intent in the outbox within the caller's transaction; with `token`,
     /// also the hash of the token the email will carry.
     pub(super) async fn queue_email(
@@ -102,12 +137,26 @@ impl App {
         self.outbox_notify.notify_one();
     }
 
-    /// Sends a fresh verification link to the caller's address (nothing when verified).
+    /// Sends a fresh verification link to the caller's address (nothing when verified),
+    /// counted per client address and per account address like every emailed link.
     #[tracing::instrument(skip_all, fields(user_id = %subject.user_id))]
     pub async fn request_email_verification(
         &self,
         subject: TokenSubject,
+        client_ip: &str,
     ) -> Result<(), ServiceError> {
+        let user = self.current_user(subject).await?;
+        if user.email_verified {
+            return Ok(());
+        }
+        self.limit("email_ip", self.limits.email_ip, client_ip)
+            .await?;
+        self.limit(
+            "email_target",
+            self.limits.email_target,
+            &user.email.lookup_key(),
+        )
+        .await?;
         let mut tx = self.db.begin_write().await?;
         let user = store::lock_user(&mut tx, subject.user_id, self.db.dialect())
             .await?
@@ -136,21 +185,15 @@ impl App {
     /// the account's current address.
     #[tracing::instrument(skip_all)]
     pub async fn verify_email(&self, token: &str) -> Result<User, ServiceError> {
-        if !plausible_token(token) {
-            return Err(ServiceError::InvalidEmailToken);
-        }
         let now = self.now();
         let mut tx = self.db.begin_write().await?;
-        let live =
-            store::use_email_token(&mut tx, &hash_secret(token), TokenPurpose::VerifyEmail, now)
-                .await?
-                .ok_or(ServiceError::InvalidEmailToken)?;
-        let mut user = store::lock_user(&mut tx, live.user_id, self.db.dialect())
-            .await?
-            .filter(|u| {
-                u.status == AccountStatus::Active
-                    && u.email.lookup_key() == Email::lookup_key_of(&live.email)
-            })
+        let live = self
+            .lock_token_owner(&mut tx, token, TokenPurpose::VerifyEmail)
+            .await?;
+        let sent_to = Email::lookup_key_of(&live.sent_to);
+        let mut user = live
+            .user
+            .filter(|u| u.status == AccountStatus::Active && u.email.lookup_key() == sent_to)
             .ok_or(ServiceError::InvalidEmailToken)?;
         if !user.email_verified {
             user.email_verified = true;
@@ -256,9 +299,10 @@ impl App {
         )
         .await?
         .ok_or(ServiceError::InvalidEmailToken)?;
+        let sent_to = Email::lookup_key_of(&live.email);
         let user = store::user_by_id(&mut conn, live.user_id)
             .await?
-            .filter(|u| u.status == AccountStatus::Active)
+            .filter(|u| u.status == AccountStatus::Active && u.email.lookup_key() == sent_to)
             .ok_or(ServiceError::InvalidEmailToken)?;
         drop(conn);
         let mut errors = dt_users_domain::FieldErrors::new();
@@ -274,11 +318,16 @@ impl App {
 
         let now = self.now();
         let mut tx = self.db.begin_write().await?;
-        store::use_email_token(&mut tx, &token_hash, TokenPurpose::ResetPassword, now)
+        // The token is bound to the address it was sent to: an email change since kills it.
+        let mut user = self
+            .lock_token_owner(&mut tx, token, TokenPurpose::ResetPassword)
             .await?
-            .ok_or(ServiceError::InvalidEmailToken)?;
-        let mut user = store::lock_user(&mut tx, live.user_id, self.db.dialect())
-            .await?
+            .user
+            .filter(|u| {
+                u.id == live.user_id
+                    && u.status == AccountStatus::Active
+                    && u.email.lookup_key() == sent_to
+            })
             .ok_or(ServiceError::InvalidEmailToken)?;
         user.password_hash = password_hash;
         user.updated_at = now;
@@ -286,13 +335,15 @@ impl App {
         self.after_password_change(&mut tx, &user, None).await?;
         tx.commit().await?;
         self.outbox_committed();
+        self.revoke_after_commit(user.id, None).await;
         tracing::info!(user_id = %user.id, "password reset");
         Ok(())
     }
 
     /// What every password change does inside its transaction: older reset links die, a
     /// security notice goes out, and every session but `keep` ends (before the commit, so a
-    /// new password never leaves an old session alive).
+    /// new password never leaves an old session alive; the caller ends them once more after
+    /// the commit, see [`App::revoke_after_commit`]).
     pub(super) async fn after_password_change(
         &self,
         conn: &mut AnyConnection,
@@ -305,7 +356,7 @@ impl App {
         let to = user.email.as_str().to_owned();
         self.queue_email(conn, EmailKind::PasswordChanged, user, &to, None, params)
             .await?;
-        let ended = self.sessions.revoke_all(user.id, keep).await?;
+        let ended = self.sessions.revoke_all(user.id, keep, now).await?;
         self.record_sessions_revoked(conn, user.id, &ended).await?;
         tracing::info!(user_id = %user.id, sessions = ended.len(), "password changed; sessions ended");
         Ok(())

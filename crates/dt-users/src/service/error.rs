@@ -47,6 +47,9 @@ pub enum ServiceError {
     },
     #[error("not found")]
     NotFound,
+    /// Password hashing is saturated: shed at once, not queued.
+    #[error("password hashing is overloaded")]
+    Overloaded,
     #[error("a dependency is unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -82,7 +85,7 @@ impl From<SessionStoreError> for ServiceError {
 impl From<HashError> for ServiceError {
     fn from(err: HashError) -> Self {
         match err {
-            HashError::Overloaded => Self::Unavailable("password hashing is overloaded".into()),
+            HashError::Overloaded => Self::Overloaded,
             HashError::Failed(e) => Self::Internal(e),
         }
     }

@@ -3,10 +3,12 @@
 mod accounts;
 mod auth;
 mod deletion;
+mod email_change;
 mod email_flows;
 mod error;
 mod events;
 mod moderation;
+mod password_check;
 mod profile;
 
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use crate::sessions::SessionStore;
 pub use accounts::RegisterInput;
 pub use auth::{ClientInfo, LogoutScope, TokenPair};
 pub use deletion::AccountExport;
+pub use email_change::CancelOutcome;
 pub use error::ServiceError;
 pub use moderation::{Command, CommandOutcome};
 pub use profile::ProfilePatch;
@@ -80,13 +83,7 @@ impl App {
         key: &str,
         consume: bool,
     ) -> Result<(), ServiceError> {
-        // Keys carry client input (an email); a long one is hashed so that no request can
-        // make the limiter store much.
-        let key = if key.len() > 64 {
-            crate::security::secret_token::hash_secret(key)
-        } else {
-            key.to_owned()
-        };
+        let key = password_check::limiter_key(key);
         let decision = self
             .limiter
             .check(&format!("{rule}:{key}"), quota, self.now(), consume)

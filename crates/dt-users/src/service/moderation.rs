@@ -49,7 +49,7 @@ pub enum CommandOutcome {
     Applied,
     /// Its id was handled before: nothing happened now.
     AlreadyHandled,
-    /// It cannot be applied (unknown account, a deleted one); it belongs in the DLQ.
+    /// It cannot be applied (an unknown account); it belongs in the DLQ.
     Rejected(String),
 }
 
@@ -70,10 +70,16 @@ impl App {
         let Some(mut user) = store::lock_user(&mut tx, user_id, self.db.dialect()).await? else {
             return Ok(CommandOutcome::Rejected("no such account".into()));
         };
+        // A ban is kept through a deletion: the account stays deleted, and restoring it gives
+        // a banned account. Every session ends before the ban commits, and once more after.
+        let mut revoke = false;
         match command {
-            Command::Ban { reason, .. } => match user.status {
-                AccountStatus::Active => {
-                    user.status = AccountStatus::Banned;
+            Command::Ban { reason, .. } => {
+                if !user.banned {
+                    user.banned = true;
+                    if user.status == AccountStatus::Active {
+                        user.status = AccountStatus::Banned;
+                    }
                     user.updated_at = now;
                     store::update_user(&mut tx, &user).await?;
                     self.record_event(
@@ -83,17 +89,16 @@ impl App {
                         json!({"user_id": user_id, "reason": reason}),
                     )
                     .await?;
-                    // Every session ends before the ban commits.
-                    self.sessions.revoke_all(user_id, None).await?;
+                    self.sessions.revoke_all(user_id, None, now).await?;
+                    revoke = true;
                 }
-                AccountStatus::Banned => {}
-                AccountStatus::Deleted => {
-                    return Ok(CommandOutcome::Rejected("the account is deleted".into()));
-                }
-            },
-            Command::Unban { .. } => match user.status {
-                AccountStatus::Banned => {
-                    user.status = AccountStatus::Active;
+            }
+            Command::Unban { .. } => {
+                if user.banned {
+                    user.banned = false;
+                    if user.status == AccountStatus::Banned {
+                        user.status = AccountStatus::Active;
+                    }
                     user.updated_at = now;
                     store::update_user(&mut tx, &user).await?;
                     self.record_event(
@@ -104,19 +109,19 @@ impl App {
                     )
                     .await?;
                 }
-                AccountStatus::Active => {}
-                AccountStatus::Deleted => {
-                    return Ok(CommandOutcome::Rejected("the account is deleted".into()));
-                }
-            },
+            }
             Command::RevokeSessions { .. } => {
-                let ended = self.sessions.revoke_all(user_id, None).await?;
+                let ended = self.sessions.revoke_all(user_id, None, now).await?;
                 self.record_sessions_revoked(&mut tx, user_id, &ended)
                     .await?;
+                revoke = true;
             }
         }
         tx.commit().await?;
         self.outbox_committed();
+        if revoke {
+            self.revoke_after_commit(user_id, None).await;
+        }
         tracing::info!(%user_id, "command applied");
         Ok(CommandOutcome::Applied)
     }

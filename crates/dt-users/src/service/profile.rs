@@ -1,18 +1,15 @@
 use dt_users_domain::{
     AvatarUrl, Bio, DisplayName, Email, FieldError, FieldErrors, NewPassword, PasswordRules, User,
-    Username, normalize_password,
+    Username,
 };
-use std::collections::BTreeMap;
 
-use dt_users_store::{self as store, TokenPurpose};
+use dt_users_store as store;
 
 use super::accounts::into_field_error;
 use super::events::public_user_json;
 use super::{App, ServiceError};
-use crate::email::EmailKind;
 use crate::events::types;
 use crate::security::access_token::TokenSubject;
-use crate::security::password_hasher::Verified;
 
 /// A partial update of the caller's account. For the nullable profile fields, `None` leaves
 /// the field alone and `Some(None)` clears it.
@@ -45,7 +42,8 @@ fn parse_optional<T>(
 
 impl App {
     /// Changes the caller's profile. A new email or password needs the current password; a
-    /// new password ends every other session, a new email is unverified.
+    /// new password ends every other session; a new email starts an email change, which takes
+    /// effect once confirmed from the new mailbox.
     #[tracing::instrument(skip_all, fields(user_id = %subject.user_id))]
     pub async fn update_profile(
         &self,
@@ -95,13 +93,26 @@ impl App {
             return Err(into_field_error(errors));
         }
         if let (true, Some(current)) = (needs_password, patch.current_password.as_deref()) {
-            let verified = self
-                .hasher
-                .verify(normalize_password(current), user.password_hash.clone())
-                .await?;
-            if verified == Verified::No {
-                return Err(ServiceError::WrongCurrentPassword);
-            }
+            self.check_current_password(&user, current).await?;
+        }
+        // A new address is asked for by email; each request sends two emails, so each is
+        // counted per account and per target address.
+        let new_address = email
+            .as_ref()
+            .filter(|e| e.lookup_key() != user.email.lookup_key());
+        if let Some(address) = new_address {
+            self.limit(
+                "email_change",
+                self.limits.email_change,
+                &user.id.to_string(),
+            )
+            .await?;
+            self.limit(
+                "email_target",
+                self.limits.email_target,
+                &address.lookup_key(),
+            )
+            .await?;
         }
 
         let new_password_hash = match &new_password {
@@ -120,13 +131,18 @@ impl App {
         if let Some(username) = username {
             user.username = username;
         }
-        let old_email = user.email.clone();
-        if let Some(email) = email.filter(|e| e.as_str() != user.email.as_str()) {
-            // A change of spelling only (case) keeps the address verified.
-            if email.lookup_key() != user.email.lookup_key() {
-                user.email_verified = false;
+        let mut requested_address = None;
+        if let Some(email) = email {
+            if email.lookup_key() == user.email.lookup_key() {
+                // The same mailbox (another spelling, or the address itself): no consent is
+                // needed, and a change waiting for confirmation is dropped.
+                user.email = email;
+                if user.pending_email.take().is_some() {
+                    self.drop_pending_email_change(&mut tx, &user).await?;
+                }
+            } else {
+                requested_address = Some(email);
             }
-            user.email = email;
         }
         if let Some(display_name) = display_name {
             user.display_name = display_name;
@@ -141,12 +157,18 @@ impl App {
         if let Some(hash) = new_password_hash {
             user.password_hash = hash;
         }
+        let email_change_started = requested_address.is_some();
+        if let Some(address) = requested_address {
+            self.start_email_change(&mut tx, &mut user, address).await?;
+        }
         let changed = user.username != before.username
             || user.email != before.email
+            || user.pending_email != before.pending_email
             || user.display_name != before.display_name
             || user.bio != before.bio
             || user.avatar_url != before.avatar_url
-            || password_changed;
+            || password_changed
+            || email_change_started;
         if !changed {
             return Ok(user);
         }
@@ -166,34 +188,6 @@ impl App {
             self.record_event(&mut tx, user.id, types::UPDATED, data)
                 .await?;
         }
-        if user.email.lookup_key() != old_email.lookup_key() {
-            let now = self.now();
-            let params = BTreeMap::from([
-                ("old_email".to_owned(), old_email.as_str().to_owned()),
-                ("new_email".to_owned(), user.email.as_str().to_owned()),
-                ("changed_at".to_owned(), now.to_rfc3339()),
-            ]);
-            self.queue_email(
-                &mut tx,
-                EmailKind::EmailChanged,
-                &user,
-                old_email.as_str(),
-                None,
-                params,
-            )
-            .await?;
-            store::revoke_email_tokens(&mut tx, user.id, TokenPurpose::VerifyEmail, now).await?;
-            let to = user.email.as_str().to_owned();
-            self.queue_email(
-                &mut tx,
-                EmailKind::VerifyEmail,
-                &user,
-                &to,
-                Some(TokenPurpose::VerifyEmail.into()),
-                BTreeMap::new(),
-            )
-            .await?;
-        }
         // A new password ends the other sessions before the change commits.
         if password_changed {
             self.after_password_change(&mut tx, &user, Some(subject.session_id))
@@ -201,6 +195,10 @@ impl App {
         }
         tx.commit().await?;
         self.outbox_committed();
+        if password_changed {
+            self.revoke_after_commit(user.id, Some(subject.session_id))
+                .await;
+        }
         Ok(user)
     }
 }

@@ -4,27 +4,34 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use dt_users_domain::Timestamp;
 use uuid::Uuid;
 
-use super::{Rotation, Session};
+use super::{Epoch, PresentedRefresh, RefreshSecrets, Rotation, Session};
 
 #[derive(Debug)]
-struct RefreshRecord {
-    session_id: Uuid,
-    user_id: Uuid,
-    rotated_at: Option<Timestamp>,
+struct Record {
+    session: Session,
+    family_hash: String,
+    current_hash: String,
+    generation: u64,
+    rotated_at: Timestamp,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    sessions: HashMap<Uuid, Session>,
+    sessions: HashMap<Uuid, Record>,
     by_user: HashMap<Uuid, HashSet<Uuid>>,
-    refresh: HashMap<String, RefreshRecord>,
+    /// Revocation epochs, with when each was last raised.
+    epochs: HashMap<Uuid, (u64, Timestamp)>,
 }
 
+/// An epoch matters only to sign-ins in flight; one untouched for a day is dropped (a
+/// sign-in that read it before then is refused, never wrongly let through).
+const EPOCH_KEEP_MS: i64 = 86_400_000;
+
 impl State {
-    fn live(&self, user_id: Uuid, session_id: Uuid, now: Timestamp) -> bool {
+    fn live(&self, user_id: Uuid, session_id: Uuid, now: Timestamp) -> Option<&Record> {
         self.sessions
             .get(&session_id)
-            .is_some_and(|s| s.user_id == user_id && s.expires_at > now)
+            .filter(|r| r.session.user_id == user_id && r.session.expires_at > now)
     }
 
     fn remove(&mut self, user_id: Uuid, session_id: Uuid) -> bool {
@@ -39,16 +46,19 @@ impl State {
         let expired: Vec<(Uuid, Uuid)> = self
             .sessions
             .values()
-            .filter(|s| s.expires_at <= now)
-            .map(|s| (s.user_id, s.id))
+            .filter(|r| r.session.expires_at <= now)
+            .map(|r| (r.session.user_id, r.session.id))
             .collect();
         for (user_id, session_id) in expired {
             self.remove(user_id, session_id);
         }
-        let sessions = &self.sessions;
-        self.refresh
-            .retain(|_, r| sessions.contains_key(&r.session_id));
         self.by_user.retain(|_, set| !set.is_empty());
+        self.epochs
+            .retain(|_, (_, at)| now.as_millis() - at.as_millis() < EPOCH_KEEP_MS);
+    }
+
+    fn epoch(&self, user_id: Uuid) -> Epoch {
+        Epoch(self.epochs.get(&user_id).map_or(0, |(n, _)| *n))
     }
 }
 
@@ -65,112 +75,107 @@ impl MemorySessions {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn create(
-        &self,
-        session: &Session,
-        refresh_hash: &str,
-    ) -> Result<(), super::SessionStoreError> {
+    pub fn epoch(&self, user_id: Uuid) -> Epoch {
+        self.state().epoch(user_id)
+    }
+
+    pub fn create(&self, session: &Session, secrets: &RefreshSecrets, epoch: Epoch) -> bool {
         let mut state = self.state();
         state.sweep(session.created_at);
-        state.sessions.insert(session.id, session.clone());
+        if state.epoch(session.user_id) != epoch {
+            return false;
+        }
+        state.sessions.insert(
+            session.id,
+            Record {
+                session: session.clone(),
+                family_hash: secrets.family_hash.clone(),
+                current_hash: secrets.current_hash.clone(),
+                generation: 0,
+                rotated_at: session.created_at,
+            },
+        );
         state
             .by_user
             .entry(session.user_id)
             .or_default()
             .insert(session.id);
-        state.refresh.insert(
-            refresh_hash.to_owned(),
-            RefreshRecord {
-                session_id: session.id,
-                user_id: session.user_id,
-                rotated_at: None,
-            },
-        );
-        Ok(())
+        true
     }
 
-    pub fn check(
-        &self,
-        user_id: Uuid,
-        session_id: Uuid,
-        now: Timestamp,
-    ) -> Result<bool, super::SessionStoreError> {
+    pub fn check(&self, user_id: Uuid, session_id: Uuid, now: Timestamp) -> bool {
         let mut state = self.state();
-        if !state.live(user_id, session_id, now) {
-            return Ok(false);
+        if state.live(user_id, session_id, now).is_none() {
+            return false;
         }
-        if let Some(session) = state.sessions.get_mut(&session_id) {
-            session.last_used_at = now;
+        if let Some(record) = state.sessions.get_mut(&session_id) {
+            record.session.last_used_at = now;
         }
-        Ok(true)
+        true
+    }
+
+    pub fn owns(&self, token: &PresentedRefresh, now: Timestamp) -> bool {
+        self.state()
+            .live(token.user_id, token.session_id, now)
+            .is_some_and(|r| r.family_hash == token.secrets.family_hash)
     }
 
     pub fn rotate(
         &self,
-        user_id: Uuid,
-        old_hash: &str,
+        token: &PresentedRefresh,
         new_hash: &str,
         now: Timestamp,
         grace_ms: i64,
-    ) -> Result<Rotation, super::SessionStoreError> {
+    ) -> Rotation {
         let mut state = self.state();
-        let Some(record) = state.refresh.get(old_hash) else {
-            return Ok(Rotation::Invalid);
+        let Some(record) = state
+            .live(token.user_id, token.session_id, now)
+            .filter(|r| r.family_hash == token.secrets.family_hash)
+        else {
+            return Rotation::Invalid;
         };
-        let (session_id, rotated_at) = (record.session_id, record.rotated_at);
-        if record.user_id != user_id || !state.live(user_id, session_id, now) {
-            return Ok(Rotation::Invalid);
+        let (generation, current, rotated_at) = (
+            record.generation,
+            record.current_hash == token.secrets.current_hash,
+            record.rotated_at,
+        );
+        if token.generation > generation || (token.generation == generation && !current) {
+            return Rotation::Invalid;
         }
-        match rotated_at {
-            None => {
-                if let Some(record) = state.refresh.get_mut(old_hash) {
-                    record.rotated_at = Some(now);
-                }
-                state.refresh.insert(
-                    new_hash.to_owned(),
-                    RefreshRecord {
-                        session_id,
-                        user_id,
-                        rotated_at: None,
-                    },
-                );
-                let session = state.sessions.get_mut(&session_id);
-                let expires_at = session.map_or(now, |s| {
-                    s.last_used_at = now;
-                    s.expires_at
-                });
-                Ok(Rotation::Rotated {
-                    session_id,
-                    expires_at,
-                })
-            }
-            Some(at) if now.as_millis() - at.as_millis() <= grace_ms => Ok(Rotation::WithinGrace),
-            Some(_) => {
-                state.remove(user_id, session_id);
-                Ok(Rotation::Reused { session_id })
-            }
+        if token.generation == generation {
+            let Some(record) = state.sessions.get_mut(&token.session_id) else {
+                return Rotation::Invalid;
+            };
+            record.current_hash = new_hash.to_owned();
+            record.generation += 1;
+            record.rotated_at = now;
+            record.session.last_used_at = now;
+            return Rotation::Rotated {
+                expires_at: record.session.expires_at,
+            };
         }
+        if token.generation + 1 == generation
+            && now.as_millis() - rotated_at.as_millis() <= grace_ms
+        {
+            return Rotation::WithinGrace;
+        }
+        state.remove(token.user_id, token.session_id);
+        Rotation::Reused
     }
 
-    pub fn revoke(
-        &self,
-        user_id: Uuid,
-        session_id: Uuid,
-    ) -> Result<bool, super::SessionStoreError> {
+    pub fn revoke(&self, user_id: Uuid, session_id: Uuid) -> bool {
         let mut state = self.state();
         let owned = state
             .sessions
             .get(&session_id)
-            .is_some_and(|s| s.user_id == user_id);
-        Ok(owned && state.remove(user_id, session_id))
+            .is_some_and(|r| r.session.user_id == user_id);
+        owned && state.remove(user_id, session_id)
     }
 
-    pub fn revoke_all(
-        &self,
-        user_id: Uuid,
-        except: Option<Uuid>,
-    ) -> Result<Vec<Uuid>, super::SessionStoreError> {
+    pub fn revoke_all(&self, user_id: Uuid, except: Option<Uuid>, now: Timestamp) -> Vec<Uuid> {
         let mut state = self.state();
+        let next = state.epoch(user_id).0 + 1;
+        state.epochs.insert(user_id, (next, now));
         let ids: Vec<Uuid> = state
             .by_user
             .get(&user_id)
@@ -184,7 +189,7 @@ impl MemorySessions {
         for id in &ids {
             state.remove(user_id, *id);
         }
-        Ok(ids)
+        ids
     }
 
     pub fn list(&self, user_id: Uuid, now: Timestamp) -> Vec<Session> {
@@ -195,8 +200,14 @@ impl MemorySessions {
             .into_iter()
             .flatten()
             .filter_map(|id| state.sessions.get(id))
-            .filter(|s| s.expires_at > now)
-            .cloned()
+            .filter(|r| r.session.expires_at > now)
+            .map(|r| r.session.clone())
             .collect()
+    }
+
+    /// How many sessions (and epochs) are held, for tests of boundedness.
+    pub fn held(&self) -> (usize, usize) {
+        let state = self.state();
+        (state.sessions.len(), state.epochs.len())
     }
 }

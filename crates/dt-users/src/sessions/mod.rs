@@ -1,6 +1,15 @@
 //! Sessions and their refresh tokens: in Redis (shared by every instance) or in process memory
 //! (the embedded default). Both implement the same operations with the same semantics, and
 //! every operation that decides something is one atomic step.
+//!
+//! A session's state is O(1) however often it is refreshed: it keeps the hash of its family
+//! secret (the part every refresh token of the session shares), the hash of its current
+//! token's secret and a generation counter. A presented token names its generation, so an
+//! already-rotated token is recognised — and its reuse detected — without a key per token.
+//!
+//! Each user also has a revocation epoch, raised by every [`SessionStore::revoke_all`]. A
+//! sign-in reads the epoch before it looks at the account, and its session is only created
+//! if the epoch is still the same: no sign-in in flight outlives a revocation.
 
 mod memory;
 mod redis_store;
@@ -23,21 +32,41 @@ pub struct Session {
     pub ip: Option<String>,
 }
 
+/// The hashes a refresh token is checked against: its session's family secret and the
+/// secret of one generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshSecrets {
+    pub family_hash: String,
+    pub current_hash: String,
+}
+
+/// A refresh token as presented, parsed: whose, which session, which generation, and the
+/// hashes of its secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresentedRefresh {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub generation: u64,
+    pub secrets: RefreshSecrets,
+}
+
 /// What presenting a refresh token did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rotation {
-    /// The token was current; it is now dead and `new_hash` is the session's refresh token.
-    Rotated {
-        session_id: Uuid,
-        expires_at: Timestamp,
-    },
+    /// The token was current; it is now dead, and `new_hash` is the secret of the session's
+    /// next generation.
+    Rotated { expires_at: Timestamp },
     /// The token was rotated moments ago (within the grace window): refused, session kept.
     WithinGrace,
     /// The token was rotated earlier: the whole session has been revoked.
-    Reused { session_id: Uuid },
+    Reused,
     /// Unknown token, or its session has ended.
     Invalid,
 }
+
+/// A user's revocation epoch, as read before a sign-in looks at the account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Epoch(pub u64);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionStoreError {
@@ -62,15 +91,38 @@ impl SessionStore {
         }
     }
 
-    /// Stores a new session with its first refresh token (by hash).
+    /// The user's revocation epoch now.
+    pub async fn epoch(&self, user_id: Uuid) -> Result<Epoch, SessionStoreError> {
+        match self {
+            Self::Redis(s) => s.epoch(user_id).await,
+            Self::Memory(s) => Ok(s.epoch(user_id)),
+        }
+    }
+
+    /// Stores a new session with its first refresh token (generation 0, by hashes) — only if
+    /// the user's sessions were not revoked since `epoch` was read; false if they were.
     pub async fn create(
         &self,
         session: &Session,
-        refresh_hash: &str,
-    ) -> Result<(), SessionStoreError> {
+        secrets: &RefreshSecrets,
+        epoch: Epoch,
+    ) -> Result<bool, SessionStoreError> {
         match self {
-            Self::Redis(s) => s.create(session, refresh_hash).await,
-            Self::Memory(s) => s.create(session, refresh_hash),
+            Self::Redis(s) => s.create(session, secrets, epoch).await,
+            Self::Memory(s) => Ok(s.create(session, secrets, epoch)),
+        }
+    }
+
+    /// True when `token` belongs to a live session (its family secret matches), whatever
+    /// its generation: the token was issued by dt-users, for this session.
+    pub async fn owns(
+        &self,
+        token: &PresentedRefresh,
+        now: Timestamp,
+    ) -> Result<bool, SessionStoreError> {
+        match self {
+            Self::Redis(s) => s.owns(token, now).await,
+            Self::Memory(s) => Ok(s.owns(token, now)),
         }
     }
 
@@ -83,23 +135,22 @@ impl SessionStore {
     ) -> Result<bool, SessionStoreError> {
         match self {
             Self::Redis(s) => s.check(user_id, session_id, now).await,
-            Self::Memory(s) => s.check(user_id, session_id, now),
+            Self::Memory(s) => Ok(s.check(user_id, session_id, now)),
         }
     }
 
-    /// Exchanges the refresh token `old_hash` for `new_hash`, atomically: of several
-    /// concurrent exchanges of one token, exactly one succeeds.
+    /// Exchanges the presented refresh token for the next generation (secret `new_hash`),
+    /// atomically: of several concurrent exchanges of one token, exactly one succeeds.
     pub async fn rotate(
         &self,
-        user_id: Uuid,
-        old_hash: &str,
+        token: &PresentedRefresh,
         new_hash: &str,
         now: Timestamp,
         grace_ms: i64,
     ) -> Result<Rotation, SessionStoreError> {
         match self {
-            Self::Redis(s) => s.rotate(user_id, old_hash, new_hash, now, grace_ms).await,
-            Self::Memory(s) => s.rotate(user_id, old_hash, new_hash, now, grace_ms),
+            Self::Redis(s) => s.rotate(token, new_hash, now, grace_ms).await,
+            Self::Memory(s) => Ok(s.rotate(token, new_hash, now, grace_ms)),
         }
     }
 
@@ -107,19 +158,22 @@ impl SessionStore {
     pub async fn revoke(&self, user_id: Uuid, session_id: Uuid) -> Result<bool, SessionStoreError> {
         match self {
             Self::Redis(s) => s.revoke(user_id, session_id).await,
-            Self::Memory(s) => s.revoke(user_id, session_id),
+            Self::Memory(s) => Ok(s.revoke(user_id, session_id)),
         }
     }
 
-    /// Ends every session of `user_id` but `except`; returns the ended sessions.
+    /// Ends every session of `user_id` but `except` and raises the user's revocation epoch,
+    /// in one step, so that no sign-in that began before it creates a session; returns the
+    /// ended sessions.
     pub async fn revoke_all(
         &self,
         user_id: Uuid,
         except: Option<Uuid>,
+        now: Timestamp,
     ) -> Result<Vec<Uuid>, SessionStoreError> {
         match self {
             Self::Redis(s) => s.revoke_all(user_id, except).await,
-            Self::Memory(s) => s.revoke_all(user_id, except),
+            Self::Memory(s) => Ok(s.revoke_all(user_id, except, now)),
         }
     }
 

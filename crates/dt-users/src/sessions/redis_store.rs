@@ -1,5 +1,6 @@
 //! Sessions in Redis. Every key of one user carries the hash tag `{user id}`, so all of a
-//! user's keys live in one slot and each Lua script below touches one slot only.
+//! user's keys live in one slot and each Lua script below touches one slot only. A user has
+//! a set of session ids, one hash per session and a revocation epoch; nothing per token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,16 +11,20 @@ use redis::{Client, Script};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use super::{Rotation, Session, SessionStoreError};
+use super::{Epoch, PresentedRefresh, RefreshSecrets, Rotation, Session, SessionStoreError};
+
+/// A revocation epoch matters only to sign-ins in flight; it lives a day past its last raise
+/// (a sign-in that read it before it expired is refused, never wrongly let through).
+const EPOCH_TTL_MS: i64 = 86_400_000;
 
 const CREATE: &str = r"
+if (redis.call('GET', KEYS[3]) or '0') ~= ARGV[10] then return 0 end
 redis.call('HSET', KEYS[1], 'uid', ARGV[2], 'created_at', ARGV[3], 'last_used_at', ARGV[3],
-           'expires_at', ARGV[4], 'ua', ARGV[5], 'ip', ARGV[6])
+           'expires_at', ARGV[4], 'ua', ARGV[5], 'ip', ARGV[6], 'fam', ARGV[8], 'cur', ARGV[9],
+           'gen', '0', 'rotated_at', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 redis.call('SADD', KEYS[2], ARGV[1])
 if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[7]) then redis.call('PEXPIRE', KEYS[2], ARGV[7]) end
-redis.call('HSET', KEYS[3], 'sid', ARGV[1], 'uid', ARGV[2], 'state', 'current')
-redis.call('PEXPIRE', KEYS[3], ARGV[7])
 return 1
 ";
 
@@ -30,24 +35,32 @@ redis.call('HSET', KEYS[1], 'last_used_at', ARGV[2])
 return 1
 ";
 
-const ROTATE: &str = r"
-local r = redis.call('HMGET', KEYS[1], 'sid', 'uid', 'state', 'rotated_at')
-if not r[1] then return {'invalid'} end
-local skey = ARGV[3] .. ':session:' .. r[1]
-local s = redis.call('HMGET', skey, 'uid', 'expires_at')
-local now = tonumber(ARGV[1])
-if not s[1] or s[1] ~= r[2] or tonumber(s[2]) <= now then return {'invalid'} end
-if r[3] == 'current' then
-  redis.call('HSET', KEYS[1], 'state', 'rotated', 'rotated_at', ARGV[1])
-  redis.call('HSET', KEYS[2], 'sid', r[1], 'uid', r[2], 'state', 'current')
-  redis.call('PEXPIRE', KEYS[2], math.max(1, tonumber(s[2]) - now))
-  redis.call('HSET', skey, 'last_used_at', ARGV[1])
-  return {'rotated', r[1], s[2]}
+const OWNS: &str = r"
+local s = redis.call('HMGET', KEYS[1], 'uid', 'expires_at', 'fam')
+if not s[1] or s[1] ~= ARGV[1] or tonumber(s[2]) <= tonumber(ARGV[2]) or s[3] ~= ARGV[3] then
+  return 0
 end
-if now - tonumber(r[4]) <= tonumber(ARGV[2]) then return {'grace'} end
-redis.call('DEL', skey)
-redis.call('SREM', KEYS[3], r[1])
-return {'reused', r[1]}
+return 1
+";
+
+const ROTATE: &str = r"
+local s = redis.call('HMGET', KEYS[1], 'uid', 'expires_at', 'fam', 'cur', 'gen', 'rotated_at')
+local now = tonumber(ARGV[6])
+if not s[1] or s[1] ~= ARGV[1] or tonumber(s[2]) <= now or s[3] ~= ARGV[2] then
+  return {'invalid'}
+end
+local gen = tonumber(s[5])
+local presented = tonumber(ARGV[3])
+if presented > gen or (presented == gen and s[4] ~= ARGV[4]) then return {'invalid'} end
+if presented == gen then
+  redis.call('HSET', KEYS[1], 'cur', ARGV[5], 'gen', tostring(gen + 1), 'rotated_at', ARGV[6],
+             'last_used_at', ARGV[6])
+  return {'rotated', s[2]}
+end
+if presented == gen - 1 and now - tonumber(s[6]) <= tonumber(ARGV[7]) then return {'grace'} end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[8])
+return {'reused'}
 ";
 
 const REVOKE: &str = r"
@@ -58,6 +71,8 @@ return 1
 ";
 
 const REVOKE_ALL: &str = r"
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
 local ended = {}
 for _, sid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if sid ~= ARGV[2] then
@@ -88,6 +103,7 @@ return out
 struct Scripts {
     create: Script,
     check: Script,
+    owns: Script,
     rotate: Script,
     revoke: Script,
     revoke_all: Script,
@@ -131,6 +147,7 @@ impl RedisSessions {
             scripts: Arc::new(Scripts {
                 create: Script::new(CREATE),
                 check: Script::new(CHECK),
+                owns: Script::new(OWNS),
                 rotate: Script::new(ROTATE),
                 revoke: Script::new(REVOKE),
                 revoke_all: Script::new(REVOKE_ALL),
@@ -170,23 +187,34 @@ impl RedisSessions {
         format!("{}:sessions", self.tag(user_id))
     }
 
-    fn refresh_key(&self, user_id: Uuid, hash: &str) -> String {
-        format!("{}:refresh:{hash}", self.tag(user_id))
+    fn epoch_key(&self, user_id: Uuid) -> String {
+        format!("{}:epoch", self.tag(user_id))
+    }
+
+    pub async fn epoch(&self, user_id: Uuid) -> Result<Epoch, SessionStoreError> {
+        let mut conn = self.conn().await?;
+        let epoch: Option<u64> = redis::cmd("GET")
+            .arg(self.epoch_key(user_id))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(Epoch(epoch.unwrap_or(0)))
     }
 
     pub async fn create(
         &self,
         session: &Session,
-        refresh_hash: &str,
-    ) -> Result<(), SessionStoreError> {
+        secrets: &RefreshSecrets,
+        epoch: Epoch,
+    ) -> Result<bool, SessionStoreError> {
         let ttl = (session.expires_at.as_millis() - session.created_at.as_millis()).max(1);
         let mut conn = self.conn().await?;
-        let _: i64 = self
+        let created: i64 = self
             .scripts
             .create
             .key(self.session_key(session.user_id, session.id))
             .key(self.user_key(session.user_id))
-            .key(self.refresh_key(session.user_id, refresh_hash))
+            .key(self.epoch_key(session.user_id))
             .arg(session.id.to_string())
             .arg(session.user_id.to_string())
             .arg(ms(session.created_at))
@@ -194,10 +222,32 @@ impl RedisSessions {
             .arg(session.user_agent.as_deref().unwrap_or(""))
             .arg(session.ip.as_deref().unwrap_or(""))
             .arg(ttl)
+            .arg(&secrets.family_hash)
+            .arg(&secrets.current_hash)
+            .arg(epoch.0.to_string())
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(())
+        Ok(created == 1)
+    }
+
+    pub async fn owns(
+        &self,
+        token: &PresentedRefresh,
+        now: Timestamp,
+    ) -> Result<bool, SessionStoreError> {
+        let mut conn = self.conn().await?;
+        let owned: i64 = self
+            .scripts
+            .owns
+            .key(self.session_key(token.user_id, token.session_id))
+            .arg(token.user_id.to_string())
+            .arg(ms(now))
+            .arg(&token.secrets.family_hash)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(owned == 1)
     }
 
     pub async fn check(
@@ -221,8 +271,7 @@ impl RedisSessions {
 
     pub async fn rotate(
         &self,
-        user_id: Uuid,
-        old_hash: &str,
+        token: &PresentedRefresh,
         new_hash: &str,
         now: Timestamp,
         grace_ms: i64,
@@ -231,34 +280,31 @@ impl RedisSessions {
         let reply: Vec<String> = self
             .scripts
             .rotate
-            .key(self.refresh_key(user_id, old_hash))
-            .key(self.refresh_key(user_id, new_hash))
-            .key(self.user_key(user_id))
+            .key(self.session_key(token.user_id, token.session_id))
+            .key(self.user_key(token.user_id))
+            .arg(token.user_id.to_string())
+            .arg(&token.secrets.family_hash)
+            .arg(token.generation.to_string())
+            .arg(&token.secrets.current_hash)
+            .arg(new_hash)
             .arg(ms(now))
             .arg(grace_ms)
-            .arg(self.tag(user_id))
+            .arg(token.session_id.to_string())
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
         let corrupt = || SessionStoreError::Corrupt(format!("rotate replied {reply:?}"));
-        let session_id = |s: Option<&String>| s.and_then(|s| Uuid::parse_str(s).ok());
         match reply.first().map(String::as_str) {
             Some("rotated") => {
-                let session_id = session_id(reply.get(1)).ok_or_else(corrupt)?;
                 let expires_at = reply
-                    .get(2)
+                    .get(1)
                     .and_then(|s| s.parse().ok())
                     .map(Timestamp::from_millis)
                     .ok_or_else(corrupt)?;
-                Ok(Rotation::Rotated {
-                    session_id,
-                    expires_at,
-                })
+                Ok(Rotation::Rotated { expires_at })
             }
             Some("grace") => Ok(Rotation::WithinGrace),
-            Some("reused") => Ok(Rotation::Reused {
-                session_id: session_id(reply.get(1)).ok_or_else(corrupt)?,
-            }),
+            Some("reused") => Ok(Rotation::Reused),
             Some("invalid") => Ok(Rotation::Invalid),
             _ => Err(corrupt()),
         }
@@ -289,8 +335,10 @@ impl RedisSessions {
             .scripts
             .revoke_all
             .key(self.user_key(user_id))
+            .key(self.epoch_key(user_id))
             .arg(self.tag(user_id))
             .arg(except.map(|id| id.to_string()).unwrap_or_default())
+            .arg(EPOCH_TTL_MS)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;

@@ -258,3 +258,39 @@ async fn tokens_signed_by_an_older_configured_key_stay_valid() {
         header_of(&tokens.access)["kid"]
     );
 }
+
+#[tokio::test]
+async fn expiry_is_tolerated_for_the_configured_leeway_and_no_longer() {
+    let app = TestApp::spawn_with(|s| s.access_token_leeway = 4).await;
+    let tokens = app.signed_in().await;
+    app.clock.advance_secs(900 + 3);
+    assert_eq!(app.current_status(&tokens.access).await, StatusCode::OK);
+    app.clock.advance_secs(1);
+    assert_refused(&app, &tokens.access, "token_expired").await;
+}
+
+#[tokio::test]
+async fn a_leeway_over_five_seconds_is_refused_at_start_up() {
+    let data_dir =
+        std::env::temp_dir().join(format!("dt-users-test-{}", uuid::Uuid::new_v4().simple()));
+    let settings = dt_users::config::Settings {
+        data_dir: data_dir.clone(),
+        access_token_leeway: 6,
+        ..dt_users::config::Settings::default()
+    };
+    let built = dt_users::startup::Application::build_with_clock(
+        settings,
+        "127.0.0.1",
+        0,
+        std::sync::Arc::new(dt_users::domain::ManualClock::starting_now()),
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let Err(error) = built else {
+        panic!("a leeway of 6 s was accepted");
+    };
+    assert!(
+        error.to_string().contains("DT_USERS_ACCESS_TOKEN_LEEWAY"),
+        "{error}"
+    );
+}

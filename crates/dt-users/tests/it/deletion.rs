@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sqlx::{Connection, Row};
+use sqlx::Row;
 
-use crate::helpers::{PASSWORD, TestApp, assert_problem, mysql_server_url};
+use crate::helpers::{PASSWORD, TestApp, assert_problem};
 use crate::mail::{SmtpSink, spawn_with_mail, token_in};
 
 const GRACE: i64 = 30 * 86_400;
@@ -32,24 +32,11 @@ async fn restore_request(app: &TestApp, email: &str) -> reqwest::Response {
 }
 
 async fn db(app: &TestApp) -> sqlx::AnyConnection {
-    sqlx::AnyConnection::connect(&format!("{}/{}", mysql_server_url(), app.db_name))
-        .await
-        .unwrap()
+    app.db().await
 }
 
-/// The restoration token of the newest restoration email of `user_id`, recomputed the way the
-/// worker does (so that tests without a mail server can use it).
 async fn restore_token_of(app: &TestApp, user_id: &str) -> String {
-    let mut conn = db(app).await;
-    let row = sqlx::query("SELECT id FROM outbox WHERE user_id = ? AND name = 'account_restore' ORDER BY seq DESC LIMIT 1")
-        .bind(user_id.to_owned())
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    let id: String = row.get(0);
-    app.app
-        .email_tokens
-        .token_for(uuid::Uuid::parse_str(&id).unwrap())
+    app.emailed_token(user_id, "account_restore").await
 }
 
 #[tokio::test]

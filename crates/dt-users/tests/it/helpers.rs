@@ -230,6 +230,31 @@ impl TestApp {
         me["id"].as_str().unwrap().to_owned()
     }
 
+    /// A connection to this test's own database.
+    pub async fn db(&self) -> sqlx::AnyConnection {
+        sqlx::AnyConnection::connect(&format!("{}/{}", mysql_server_url(), self.db_name))
+            .await
+            .unwrap()
+    }
+
+    /// The token of the newest email `name` (`account_restore`, `password_reset`, …) recorded
+    /// for `user_id`, recomputed the way the worker does (for tests without a mail server).
+    pub async fn emailed_token(&self, user_id: &str, name: &str) -> String {
+        let mut conn = self.db().await;
+        let row = sqlx::query(
+            "SELECT id FROM outbox WHERE user_id = ? AND name = ? ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(user_id.to_owned())
+        .bind(name.to_owned())
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        let id: String = sqlx::Row::get(&row, 0);
+        self.app
+            .email_tokens
+            .token_for(uuid::Uuid::parse_str(&id).unwrap())
+    }
+
     pub async fn current_status(&self, access_token: &str) -> StatusCode {
         self.get_auth("/api/v1/users/current", access_token)
             .await

@@ -261,17 +261,125 @@ async fn email_sending_requests_are_limited_per_target_and_per_address() {
 }
 
 #[tokio::test]
-async fn refresh_is_limited_per_account() {
+async fn refresh_is_limited_per_session() {
     let app = limited_app(|s| s.rate_limit_refresh = "3/3/60".into()).await;
     let mut tokens = app.signed_in().await;
+    let other_session = app.sign_in("ada@example.com").await;
     for _ in 0..3 {
         let response = app.refresh(&tokens.refresh).await;
         assert_eq!(response.status(), StatusCode::OK);
         tokens = crate::helpers::Tokens::from(response.json::<serde_json::Value>().await.unwrap());
     }
     assert_limited(app.refresh(&tokens.refresh).await, "refresh").await;
+    // The same user's other session has a budget of its own.
+    assert_eq!(
+        app.refresh(&other_session.refresh).await.status(),
+        StatusCode::OK
+    );
     app.clock.advance_secs(20);
     assert_eq!(app.refresh(&tokens.refresh).await.status(), StatusCode::OK);
+}
+
+/// The `sid` claim of an access token.
+fn session_of(access_token: &str) -> String {
+    use base64::Engine;
+    let payload = access_token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["sid"].as_str().unwrap().replace('-', "")
+}
+
+#[tokio::test]
+async fn made_up_refresh_tokens_spend_nothing_of_anyone_else() {
+    let app = limited_app(|s| s.rate_limit_refresh = "3/3/60".into()).await;
+    let tokens = app.signed_in().await;
+    let user = app.current_user_id(&tokens.access).await.replace('-', "");
+    let sid = session_of(&tokens.access);
+    let secret = "A".repeat(43);
+    // User ids are public and session ids travel in access tokens; neither is enough to be
+    // charged to that session.
+    for forged in [
+        format!(
+            "dtr_{user}.{}.0.{secret}.{secret}",
+            uuid::Uuid::now_v7().simple()
+        ),
+        format!("dtr_{user}.{sid}.0.{secret}.{secret}"),
+        format!("dtr_{user}.{sid}.5.{secret}.{secret}"),
+    ] {
+        for _ in 0..10 {
+            assert_problem(
+                app.refresh(&forged).await,
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+            )
+            .await;
+        }
+    }
+    assert_eq!(app.refresh(&tokens.refresh).await.status(), StatusCode::OK);
+    // Nor does a made-up old generation end the session.
+    assert_eq!(app.current_status(&tokens.access).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn verification_requests_are_limited_per_account_address_and_per_client() {
+    let app = limited_app(|s| s.rate_limit_email_ip = "7/7/3600".into()).await;
+    let ada = app.signed_in().await;
+    let request = |token: String, ip: &'static str| {
+        app.client
+            .post(app.url("/api/v1/auth/email/verify/request"))
+            .header("x-forwarded-for", ip)
+            .bearer_auth(token)
+            .send()
+    };
+    // Registration sent no link counted here; five requests per address an hour.
+    for _ in 0..5 {
+        let response = request(ada.access.clone(), "192.0.2.1").await.unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    assert_limited(
+        request(ada.access.clone(), "192.0.2.2").await.unwrap(),
+        "email_target",
+    )
+    .await;
+    // Another account from the first client: the client's own budget runs out.
+    app.register("bob@example.com", "bob").await;
+    let bob = app.sign_in("bob@example.com").await;
+    for _ in 0..2 {
+        let response = request(bob.access.clone(), "192.0.2.1").await.unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    assert_limited(
+        request(bob.access.clone(), "192.0.2.1").await.unwrap(),
+        "email_ip",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn email_changes_are_limited_per_account() {
+    let app = limited_app(|s| s.rate_limit_email_change = "2/2/3600".into()).await;
+    let ada = app.signed_in().await;
+    let change = |n: usize| {
+        let body = json!({"email": format!("new{n}@example.com"), "current_password": PASSWORD});
+        let access = ada.access.clone();
+        let app = &app;
+        async move { app.patch_current(&access, &body).await }
+    };
+    for n in 0..2 {
+        assert_eq!(change(n).await.status(), StatusCode::OK);
+    }
+    assert_limited(change(2).await, "email_change").await;
+    // Other profile changes are not limited by it.
+    assert_eq!(
+        app.patch_current(&ada.access, &json!({"bio": "still here"}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]

@@ -260,3 +260,45 @@ async fn passwords_are_normalized_nfkc() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn saturated_hashing_is_shed_at_once_with_503_overloaded() {
+    let app = TestApp::spawn_with(|s| {
+        s.password_hash_concurrency = 1;
+        s.password_hash_queue = 1;
+        s.argon2_memory_kib = 8 * 1024;
+    })
+    .await;
+    app.register("ada@example.com", "ada").await;
+    let sign_ins: Vec<_> = (0..40)
+        .map(|_| {
+            let request = app
+                .client
+                .post(app.url("/api/v1/auth/login"))
+                .json(&json!({"email": "ada@example.com", "password": PASSWORD}));
+            tokio::spawn(async move { request.send().await.unwrap() })
+        })
+        .collect();
+    let (mut ok, mut shed) = (0, 0);
+    for sign_in in sign_ins {
+        let response = sign_in.await.unwrap();
+        if response.status() == StatusCode::OK {
+            ok += 1;
+            continue;
+        }
+        assert!(response.headers().contains_key("retry-after"));
+        assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "overloaded").await;
+        shed += 1;
+    }
+    assert!(ok >= 1 && shed >= 1, "{ok} signed in, {shed} shed");
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("password_hash_shed_total"), "{metrics}");
+}

@@ -25,6 +25,16 @@ fn json_endpoints() -> Vec<(Method, &'static str, Value)> {
             json!({"refresh_token": "x"}),
         ),
         (Method::PATCH, "/api/v1/users/current", json!({"bio": "hi"})),
+        (
+            Method::POST,
+            "/api/v1/auth/email/change/confirm",
+            json!({"token": "x"}),
+        ),
+        (
+            Method::POST,
+            "/api/v1/auth/email/change/cancel",
+            json!({"token": "x"}),
+        ),
     ]
 }
 
@@ -127,26 +137,33 @@ async fn a_wrong_content_type_is_415() {
 }
 
 #[tokio::test]
-async fn wrong_types_missing_and_unknown_fields_are_422() {
+async fn wrong_types_missing_and_unknown_fields_are_422_naming_the_field() {
     let app = TestApp::spawn().await;
     let token = app.signed_in().await.access;
     for (method, path, example) in json_endpoints() {
-        let first_key = example.as_object().unwrap().keys().next().unwrap().clone();
+        let keys: Vec<String> = example.as_object().unwrap().keys().cloned().collect();
+        let first_key = keys[0].clone();
         let mut wrong_type = example.clone();
         wrong_type[&first_key] = json!(12345);
         let mut unknown = example.clone();
         unknown["is_admin"] = json!(true);
+        // Each body with the fields a client should show the message next to.
         let mut bodies = vec![
-            wrong_type,
-            unknown,
-            json!([1, 2, 3]),
-            json!("a string"),
-            json!(null),
+            (wrong_type, vec![first_key.clone()]),
+            (unknown, vec!["is_admin".to_owned()]),
+            (json!([1, 2, 3]), vec!["body".to_owned()]),
+            (json!("a string"), vec!["body".to_owned()]),
+            (json!(null), vec!["body".to_owned()]),
         ];
         if !path.ends_with("/current") {
-            bodies.push(json!({}));
+            bodies.push((json!({}), keys.clone()));
+            // Without its last field: that field is named.
+            let mut missing = example.clone();
+            let last = keys.last().unwrap().clone();
+            missing.as_object_mut().unwrap().remove(&last);
+            bodies.push((missing, vec![last]));
         }
-        for body in bodies {
+        for (body, fields) in bodies {
             let response = send_raw(
                 &app,
                 method.clone(),
@@ -156,12 +173,22 @@ async fn wrong_types_missing_and_unknown_fields_are_422() {
                 serde_json::to_vec(&body).unwrap(),
             )
             .await;
-            assert_problem(
+            let problem = assert_problem(
                 response,
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "validation_error",
             )
             .await;
+            let field = problem["errors"][0]["field"].as_str().unwrap().to_owned();
+            assert!(
+                fields.contains(&field),
+                "{path} {body}: field {field:?}, expected one of {fields:?}"
+            );
+            let message = problem["errors"][0]["message"].as_str().unwrap();
+            assert!(
+                !message.is_empty() && !message.contains(" at line "),
+                "{message}"
+            );
         }
     }
 }
@@ -330,4 +357,25 @@ async fn endpoints_without_a_body_need_none() {
         "unsupported_media_type",
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_login_form_without_its_password_names_the_field() {
+    let app = TestApp::spawn().await;
+    let response = send_raw(
+        &app,
+        Method::POST,
+        "/api/v1/auth/login",
+        "",
+        "application/x-www-form-urlencoded",
+        b"username=ada%40example.com&grant_type=password".to_vec(),
+    )
+    .await;
+    let problem = assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_error",
+    )
+    .await;
+    assert_eq!(problem["errors"][0]["field"], "password", "{problem}");
 }

@@ -1,0 +1,196 @@
+//! Email change with the consent of both mailboxes. The new address takes effect only when it
+//! is confirmed from the new mailbox; the old one is told, with a link that cancels the change
+//! — or reverts it, ending every session, if it was already confirmed.
+
+use std::collections::BTreeMap;
+
+use dt_users_domain::{AccountStatus, Email, User};
+use dt_users_store::{self as store, AnyConnection, TokenPurpose};
+
+use super::{App, ServiceError};
+use crate::email::EmailKind;
+use crate::events::types;
+
+/// What a cancel link did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The change was still waiting for confirmation: it is dropped.
+    Cancelled,
+    /// The change had been confirmed: the old address is back and every session has ended.
+    Reverted,
+}
+
+impl CancelOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cancelled => "cancelled",
+            Self::Reverted => "reverted",
+        }
+    }
+}
+
+impl App {
+    /// Records `address` as the account's pending email (replacing any earlier request) and
+    /// queues the confirmation to it and the notice to the current address, in `conn`'s
+    /// transaction. An address that another account has (or may take back) gets no
+    /// confirmation, but the answer is the same: the request tells nobody who is registered.
+    pub(super) async fn start_email_change(
+        &self,
+        conn: &mut AnyConnection,
+        user: &mut User,
+        address: Email,
+    ) -> Result<(), ServiceError> {
+        let now = self.now();
+        self.drop_pending_email_change(conn, user).await?;
+        let key = address.lookup_key();
+        let taken = store::user_by_email(conn, &key).await?.is_some()
+            || store::address_reserved(conn, &key, Some(user.id), now).await?;
+        user.pending_email = Some(address.clone());
+        if taken {
+            tracing::info!(user_id = %user.id, "email change to a registered address: no confirmation sent");
+        } else {
+            self.queue_email(
+                conn,
+                EmailKind::EmailChangeConfirm,
+                user,
+                address.as_str(),
+                Some(TokenPurpose::ConfirmEmailChange.into()),
+                BTreeMap::new(),
+            )
+            .await?;
+        }
+        let params = BTreeMap::from([
+            ("new_email_masked".to_owned(), address.masked()),
+            ("requested_at".to_owned(), now.to_rfc3339()),
+        ]);
+        let to = user.email.as_str().to_owned();
+        self.queue_email(
+            conn,
+            EmailKind::EmailChangeNotice,
+            user,
+            &to,
+            Some(TokenPurpose::CancelEmailChange.into()),
+            params,
+        )
+        .await?;
+        tracing::info!(user_id = %user.id, "email change requested");
+        Ok(())
+    }
+
+    /// Ends the links of the change waiting for confirmation, if any: its confirmation, and the
+    /// cancel link sent to the current address. Cancel links of changes already confirmed were
+    /// sent to earlier addresses and stay valid.
+    pub(super) async fn drop_pending_email_change(
+        &self,
+        conn: &mut AnyConnection,
+        user: &User,
+    ) -> Result<(), ServiceError> {
+        let now = self.now();
+        store::revoke_email_tokens(conn, user.id, TokenPurpose::ConfirmEmailChange, now).await?;
+        store::revoke_email_tokens_sent_to(
+            conn,
+            user.id,
+            TokenPurpose::CancelEmailChange,
+            &user.email.lookup_key(),
+            now,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Confirms an email change with the token sent to the new address.
+    #[tracing::instrument(skip_all)]
+    pub async fn confirm_email_change(&self, token: &str) -> Result<User, ServiceError> {
+        let now = self.now();
+        let mut tx = self.db.begin_write().await?;
+        let live = self
+            .lock_token_owner(&mut tx, token, TokenPurpose::ConfirmEmailChange)
+            .await?;
+        let mut user = live
+            .user
+            .filter(|u| u.status == AccountStatus::Active)
+            .ok_or(ServiceError::InvalidEmailToken)?;
+        let address = user
+            .pending_email
+            .take()
+            .filter(|p| p.lookup_key() == Email::lookup_key_of(&live.sent_to))
+            .ok_or(ServiceError::InvalidEmailToken)?;
+        // Someone registered the address meanwhile, or it may go back to its former owner.
+        if store::address_reserved(&mut tx, &address.lookup_key(), Some(user.id), now).await? {
+            return Err(ServiceError::EmailTaken);
+        }
+        user.email = address;
+        user.email_verified = true;
+        user.updated_at = now;
+        store::update_user(&mut tx, &user).await?;
+        // Everything sent to the old address dies with the change — but the cancel links,
+        // which exist to undo it.
+        store::revoke_email_tokens_except(
+            &mut tx,
+            user.id,
+            Some(TokenPurpose::CancelEmailChange),
+            now,
+        )
+        .await?;
+        self.record_event(
+            &mut tx,
+            user.id,
+            types::EMAIL_VERIFIED,
+            serde_json::json!({"user_id": user.id}),
+        )
+        .await?;
+        tx.commit().await?;
+        self.outbox_committed();
+        tracing::info!(user_id = %user.id, "email change confirmed");
+        Ok(user)
+    }
+
+    /// Cancels an email change with the link sent to the old address, or reverts it if it
+    /// was confirmed already: the old address comes back, every other emailed link dies and
+    /// every session ends.
+    #[tracing::instrument(skip_all)]
+    pub async fn cancel_email_change(&self, token: &str) -> Result<CancelOutcome, ServiceError> {
+        let now = self.now();
+        let mut tx = self.db.begin_write().await?;
+        let live = self
+            .lock_token_owner(&mut tx, token, TokenPurpose::CancelEmailChange)
+            .await?;
+        // A deleted account is reverted too: its old owner can then ask for the restoration
+        // email at the address that is theirs again.
+        let mut user = live.user.ok_or(ServiceError::InvalidEmailToken)?;
+        let old_key = Email::lookup_key_of(&live.sent_to);
+        if user.email.lookup_key() == old_key {
+            // Not confirmed (yet): drop the change.
+            self.drop_pending_email_change(&mut tx, &user).await?;
+            if user.pending_email.take().is_some() {
+                user.updated_at = now;
+                store::update_user(&mut tx, &user).await?;
+            }
+            tx.commit().await?;
+            tracing::info!(user_id = %user.id, "email change cancelled");
+            return Ok(CancelOutcome::Cancelled);
+        }
+        // Confirmed already: whoever confirmed it may hold the account. The old address comes
+        // back (its owner has just shown they read it), and everything else ends.
+        if store::user_by_email(&mut tx, &old_key)
+            .await?
+            .is_some_and(|other| other.id != user.id)
+        {
+            return Err(ServiceError::EmailTaken);
+        }
+        user.email = Email::from_trusted(live.sent_to);
+        user.email_verified = true;
+        user.pending_email = None;
+        user.updated_at = now;
+        store::update_user(&mut tx, &user).await?;
+        store::revoke_email_tokens_except(&mut tx, user.id, None, now).await?;
+        let ended = self.sessions.revoke_all(user.id, None, now).await?;
+        self.record_sessions_revoked(&mut tx, user.id, &ended)
+            .await?;
+        tx.commit().await?;
+        self.outbox_committed();
+        self.revoke_after_commit(user.id, None).await;
+        tracing::info!(user_id = %user.id, sessions = ended.len(), "email change reverted");
+        Ok(CancelOutcome::Reverted)
+    }
+}

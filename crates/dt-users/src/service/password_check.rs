@@ -1,0 +1,152 @@
+//! The one gate every password check of an account passes: sign-in, `current_password` on a
+//! change or a deletion. Each check is counted against the account *before* it is verified,
+//! and only a few run at once per account, so guesses sent all at once get no further than
+//! guesses sent one after another. A correct password gives its count back.
+
+use dt_users_domain::{Timestamp, User, normalize_password};
+use secrecy::SecretString;
+
+use super::{App, ServiceError};
+use crate::security::password_hasher::Verified;
+use crate::security::rate_limit::{Decision, Quota, RateLimiter, Slot};
+
+/// The rule under which checks running at once are refused.
+const IN_FLIGHT_RULE: &str = "password_checks_in_flight";
+
+impl App {
+    /// Checks `password` against `stored` (a dummy hash when the account does not exist, at
+    /// the same cost), counted against `account_key` — the account's email lookup key, so a
+    /// sign-in and a `current_password` check share one budget.
+    pub(super) async fn check_password(
+        &self,
+        account_key: &str,
+        password: SecretString,
+        stored: Option<String>,
+    ) -> Result<Verified, ServiceError> {
+        let now = self.now();
+        let in_flight = self.settings.password_checks_in_flight.max(1);
+        let slot = self
+            .limiter
+            .acquire(
+                &format!("pw_slot:{}", limiter_key(account_key)),
+                in_flight,
+                now,
+            )
+            .await?
+            .ok_or_else(|| in_flight_refusal(in_flight))
+            .inspect_err(|_| {
+                metrics::counter!("rate_limited_total", "rule" => IN_FLIGHT_RULE).increment(1);
+            })?;
+        let mut held = HeldSlot {
+            limiter: self.limiter.clone(),
+            slot: Some(slot),
+        };
+        let verified = self.counted_check(account_key, password, stored, now).await;
+        held.release().await;
+        verified
+    }
+
+    /// Checks the signed-in user's `current_password` (a change of email or password, a
+    /// deletion) through the same gate as a sign-in.
+    pub(super) async fn check_current_password(
+        &self,
+        user: &User,
+        password: &str,
+    ) -> Result<(), ServiceError> {
+        let verified = self
+            .check_password(
+                &user.email.lookup_key(),
+                normalize_password(password),
+                Some(user.password_hash.clone()),
+            )
+            .await?;
+        if verified == Verified::No {
+            return Err(ServiceError::WrongCurrentPassword);
+        }
+        Ok(())
+    }
+
+    async fn counted_check(
+        &self,
+        account_key: &str,
+        password: SecretString,
+        stored: Option<String>,
+        now: Timestamp,
+    ) -> Result<Verified, ServiceError> {
+        let quota = self.limits.login_account;
+        self.limit("login_account", quota, account_key).await?;
+        let verified = match stored {
+            Some(hash) => self.hasher.verify(password, hash).await?,
+            None => self.hasher.verify_dummy(password).await?,
+        };
+        if verified != Verified::No {
+            let key = format!("login_account:{}", limiter_key(account_key));
+            if let Err(e) = self.limiter.refund(&key, quota, now).await {
+                tracing::warn!(error = %e, "password-check count not given back");
+            }
+        }
+        Ok(verified)
+    }
+}
+
+/// An in-flight slot that is given back when the check ends — also when the request is
+/// dropped midway (its client went away), so that no slot waits for its expiry.
+struct HeldSlot {
+    limiter: RateLimiter,
+    slot: Option<Slot>,
+}
+
+impl HeldSlot {
+    async fn release(&mut self) {
+        if let Some(slot) = self.slot.take()
+            && let Err(e) = self.limiter.release(slot).await
+        {
+            // The slot expires by itself shortly; the check's own answer stands.
+            tracing::warn!(error = %e, "password-check slot not released");
+        }
+    }
+}
+
+impl Drop for HeldSlot {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        let limiter = self.limiter.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = limiter.release(slot).await {
+                    tracing::warn!(error = %e, "password-check slot not released");
+                }
+            });
+        }
+    }
+}
+
+/// The limiter's key for `key` (see [`App::limit`]).
+pub(super) fn limiter_key(key: &str) -> String {
+    // Keys carry client input (an email); a long one is hashed so that no request can make
+    // the limiter store much.
+    if key.len() > 64 {
+        crate::security::secret_token::hash_secret(key)
+    } else {
+        key.to_owned()
+    }
+}
+
+fn in_flight_refusal(max: u32) -> ServiceError {
+    ServiceError::RateLimited {
+        rule: IN_FLIGHT_RULE,
+        quota: Quota {
+            burst: max,
+            per_period: max,
+            period_secs: 1,
+        },
+        decision: Decision {
+            allowed: false,
+            remaining: 0,
+            retry_after_ms: 1_000,
+            reset_ms: 1_000,
+        },
+    }
+}
