@@ -11,16 +11,6 @@ use crate::mail::{SmtpSink, spawn_with_mail, token_in};
 
 const GRACE: i64 = 30 * 86_400;
 
-async fn delete_account(app: &TestApp, token: &str, password: &str) -> reqwest::Response {
-    app.client
-        .delete(app.url("/api/v1/users/current"))
-        .bearer_auth(token)
-        .json(&json!({"password": password}))
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn restore(app: &TestApp, token: &str) -> reqwest::Response {
     app.post_json("/api/v1/users/restore", &json!({"token": token}))
         .await
@@ -46,7 +36,7 @@ async fn the_full_cycle_delete_refuse_restore_sign_in() {
     let a = app.signed_in().await;
     let b = app.sign_in("ada@example.com").await;
 
-    let response = delete_account(&app, &a.access, PASSWORD).await;
+    let response = app.delete_account(&a.access, PASSWORD).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "deleted");
@@ -150,7 +140,7 @@ async fn restore_request_sends_a_fresh_link_only_for_a_deleted_account() {
     let app = spawn_with_mail(&sink.url(), |_| {}).await;
     let ada = app.signed_in().await;
     app.register("bob@example.com", "bob").await;
-    delete_account(&app, &ada.access, PASSWORD).await;
+    app.delete_account(&ada.access, PASSWORD).await;
     let first = token_in(&sink.wait_for("ada@example.com", "restore it").await);
 
     for email in [
@@ -197,7 +187,7 @@ async fn after_the_grace_period_the_account_is_erased_everywhere() {
         )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
-    delete_account(&app, &tokens.access, PASSWORD).await;
+    app.delete_account(&tokens.access, PASSWORD).await;
     let token = restore_token_of(&app, &user_id).await;
 
     // Not yet due: the sweep leaves it alone.
@@ -293,9 +283,7 @@ async fn the_sweep_is_batched() {
         app.register(&format!("{name}@example.com"), name).await;
         let tokens = app.sign_in(&format!("{name}@example.com")).await;
         assert_eq!(
-            delete_account(&app, &tokens.access, PASSWORD)
-                .await
-                .status(),
+            app.delete_account(&tokens.access, PASSWORD).await.status(),
             StatusCode::ACCEPTED
         );
     }
@@ -324,7 +312,7 @@ async fn restore_and_erasure_racing_always_have_exactly_one_winner() {
         let user = app.register(&email, &format!("racer{i}")).await;
         let user_id = user["id"].as_str().unwrap().to_owned();
         let tokens = app.sign_in(&email).await;
-        delete_account(&app, &tokens.access, PASSWORD).await;
+        app.delete_account(&tokens.access, PASSWORD).await;
         let token = restore_token_of(&app, &user_id).await;
 
         // The restore sees the grace period running; the erasure sees it over.
@@ -376,7 +364,7 @@ async fn deletion_errors_change_nothing() {
     let app = TestApp::spawn().await;
     let tokens = app.signed_in().await;
     assert_problem(
-        delete_account(&app, &tokens.access, "not my password").await,
+        app.delete_account(&tokens.access, "not my password").await,
         StatusCode::FORBIDDEN,
         "invalid_credentials",
     )
@@ -428,13 +416,11 @@ async fn deletion_errors_change_nothing() {
 
     // Deleting twice: the first deletion ended the session the second would use.
     assert_eq!(
-        delete_account(&app, &tokens.access, PASSWORD)
-            .await
-            .status(),
+        app.delete_account(&tokens.access, PASSWORD).await.status(),
         StatusCode::ACCEPTED
     );
     assert_problem(
-        delete_account(&app, &tokens.access, PASSWORD).await,
+        app.delete_account(&tokens.access, PASSWORD).await,
         StatusCode::UNAUTHORIZED,
         "session_revoked",
     )

@@ -322,14 +322,7 @@ async fn an_intruder_who_changes_the_address_then_deletes_the_account_is_still_u
     let app = spawn_with_mail(&sink.url(), |_| {}).await;
     let tokens = app.signed_in().await;
     change_and_confirm(&app, &sink, &tokens).await;
-    let deleted = app
-        .client
-        .delete(app.url("/api/v1/users/current"))
-        .bearer_auth(&tokens.access)
-        .json(&json!({"password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
+    let deleted = app.delete_account(&tokens.access, PASSWORD).await;
     assert_eq!(deleted.status(), StatusCode::ACCEPTED);
     // The restoration email went to the intruder's address; the old owner's link still works.
     sink.wait_for(NEW, "you can restore it").await;

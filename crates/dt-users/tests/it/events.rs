@@ -99,14 +99,7 @@ async fn a_user_lifecycle_produces_exactly_its_events_in_order() {
             .status(),
         StatusCode::OK
     );
-    let deleted = app
-        .client
-        .delete(app.url("/api/v1/users/current"))
-        .bearer_auth(&tokens.access)
-        .json(&json!({"password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
+    let deleted = app.delete_account(&tokens.access, PASSWORD).await;
     assert_eq!(deleted.status(), StatusCode::ACCEPTED);
     let restore = token_in(&sink.wait_for("ada@example.com", "restore it").await);
     assert_eq!(

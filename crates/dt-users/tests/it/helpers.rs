@@ -219,6 +219,17 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Deletes the account `access_token` signs in, with `password`.
+    pub async fn delete_account(&self, access_token: &str, password: &str) -> Response {
+        self.client
+            .delete(self.url("/api/v1/users/current"))
+            .bearer_auth(access_token)
+            .json(&json!({"password": password}))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// The id of the account `access_token` signs in.
     pub async fn current_user_id(&self, access_token: &str) -> String {
         let me: Value = self

@@ -198,14 +198,7 @@ async fn sign_ins_in_flight_do_not_outlive_a_deletion() {
         let (email, owner) = account(&app, round).await;
         let loops = SignInLoops::start(&app, &email, PASSWORD);
         loops.running().await;
-        let deleted = app
-            .client
-            .delete(app.url("/api/v1/users/current"))
-            .bearer_auth(&owner.access)
-            .json(&json!({"password": PASSWORD}))
-            .send()
-            .await
-            .unwrap();
+        let deleted = app.delete_account(&owner.access, PASSWORD).await;
         assert_eq!(deleted.status(), StatusCode::ACCEPTED);
         let mut sessions = loops.finish().await;
         sessions.push(owner);
@@ -453,14 +446,7 @@ async fn a_ban_of_a_deleted_account_is_applied_and_restoring_it_gives_a_banned_a
     let app = TestApp::spawn().await;
     let tokens = app.signed_in().await;
     let user_id = app.current_user_id(&tokens.access).await;
-    let deleted = app
-        .client
-        .delete(app.url("/api/v1/users/current"))
-        .bearer_auth(&tokens.access)
-        .json(&json!({"password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
+    let deleted = app.delete_account(&tokens.access, PASSWORD).await;
     assert_eq!(deleted.status(), StatusCode::ACCEPTED);
     let uid = user_id.parse().unwrap();
     let ban = Command::Ban {
