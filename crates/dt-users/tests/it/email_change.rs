@@ -301,6 +301,26 @@ async fn a_change_to_a_registered_address_answers_the_same_and_sends_it_nothing(
 }
 
 #[tokio::test]
+async fn a_confirmation_of_an_address_taken_meanwhile_is_409_and_changes_nothing() {
+    let sink = SmtpSink::start().await;
+    let app = spawn_with_mail(&sink.url(), |_| {}).await;
+    let tokens = app.signed_in().await;
+    change_email(&app, &tokens.access, NEW).await;
+    let token = confirmation_token(&sink, NEW, 1).await;
+    // A pending address is not reserved: someone registers it before the confirmation.
+    app.register(NEW, "countess").await;
+    assert_problem(
+        confirm(&app, &token).await,
+        StatusCode::CONFLICT,
+        "email_taken",
+    )
+    .await;
+    let user = me(&app, &tokens.access).await;
+    assert_eq!(user["email"], OLD);
+    assert_eq!(login_status(&app, OLD).await, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn a_live_cancel_link_keeps_the_old_address_reserved() {
     let sink = SmtpSink::start().await;
     let app = spawn_with_mail(&sink.url(), |_| {}).await;
