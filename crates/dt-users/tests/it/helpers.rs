@@ -46,13 +46,30 @@ pub async fn create_database() -> (String, String) {
 }
 
 pub async fn drop_database(name: &str) {
-    if let Ok(mut conn) = sqlx::AnyConnection::connect(&mysql_server_url()).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS `{name}`"
-        )))
-        .execute(&mut conn)
-        .await;
+    let Ok(mut conn) = sqlx::AnyConnection::connect(&mysql_server_url()).await else {
+        return;
+    };
+    // The app's connections first: the test's runtime is blocked in `TestApp::drop`, so a
+    // transaction one of its tasks holds open (work done after a response, say) would never
+    // end, and `DROP DATABASE` would wait for its lock for ever.
+    let holders: Vec<(i64,)> = sqlx::query_as(
+        "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST \
+         WHERE DB = ? AND ID <> CONNECTION_ID()",
+    )
+    .bind(name.to_owned())
+    .fetch_all(&mut conn)
+    .await
+    .unwrap_or_default();
+    for (id,) in holders {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("KILL {id}")))
+            .execute(&mut conn)
+            .await;
     }
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS `{name}`"
+    )))
+    .execute(&mut conn)
+    .await;
 }
 
 pub async fn delete_redis_prefix(prefix: &str) {
