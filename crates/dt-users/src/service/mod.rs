@@ -63,30 +63,9 @@ impl App {
         quota: Quota,
         key: &str,
     ) -> Result<(), ServiceError> {
-        self.limit_check(rule, quota, key, true).await
-    }
-
-    /// Like [`App::limit`], without counting (is the quota already spent?).
-    pub async fn limit_peek(
-        &self,
-        rule: &'static str,
-        quota: Quota,
-        key: &str,
-    ) -> Result<(), ServiceError> {
-        self.limit_check(rule, quota, key, false).await
-    }
-
-    async fn limit_check(
-        &self,
-        rule: &'static str,
-        quota: Quota,
-        key: &str,
-        consume: bool,
-    ) -> Result<(), ServiceError> {
-        let key = password_check::limiter_key(key);
         let decision = self
             .limiter
-            .check(&format!("{rule}:{key}"), quota, self.now(), consume)
+            .check(&limiter_key(rule, key), quota, self.now(), true)
             .await?;
         if decision.allowed {
             return Ok(());
@@ -97,5 +76,28 @@ impl App {
             quota,
             decision,
         })
+    }
+
+    /// Gives back one request counted by [`App::limit`] under `rule`/`key`.
+    pub async fn limit_refund(
+        &self,
+        rule: &'static str,
+        quota: Quota,
+        key: &str,
+    ) -> Result<(), ServiceError> {
+        Ok(self
+            .limiter
+            .refund(&limiter_key(rule, key), quota, self.now())
+            .await?)
+    }
+}
+
+/// The limiter's key of `key` under `rule`. Keys carry client input (an email); a long one is
+/// hashed so that no request can make the limiter store much.
+pub(crate) fn limiter_key(rule: &str, key: &str) -> String {
+    if key.len() > 64 {
+        format!("{rule}:{}", crate::security::secret_token::hash_secret(key))
+    } else {
+        format!("{rule}:{key}")
     }
 }

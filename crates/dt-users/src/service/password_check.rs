@@ -3,10 +3,10 @@
 //! and only a few run at once per account, so guesses sent all at once get no further than
 //! guesses sent one after another. A correct password gives its count back.
 
-use dt_users_domain::{Timestamp, User, normalize_password};
+use dt_users_domain::{User, normalize_password};
 use secrecy::SecretString;
 
-use super::{App, ServiceError};
+use super::{App, ServiceError, limiter_key};
 use crate::security::password_hasher::Verified;
 use crate::security::rate_limit::{Decision, Quota, RateLimiter, Slot};
 
@@ -27,11 +27,7 @@ impl App {
         let in_flight = self.settings.password_checks_in_flight.max(1);
         let slot = self
             .limiter
-            .acquire(
-                &format!("pw_slot:{}", limiter_key(account_key)),
-                in_flight,
-                now,
-            )
+            .acquire(&limiter_key("pw_slot", account_key), in_flight, now)
             .await?
             .ok_or_else(|| in_flight_refusal(in_flight))
             .inspect_err(|_| {
@@ -41,7 +37,7 @@ impl App {
             limiter: self.limiter.clone(),
             slot: Some(slot),
         };
-        let verified = self.counted_check(account_key, password, stored, now).await;
+        let verified = self.counted_check(account_key, password, stored).await;
         held.release().await;
         verified
     }
@@ -71,7 +67,6 @@ impl App {
         account_key: &str,
         password: SecretString,
         stored: Option<String>,
-        now: Timestamp,
     ) -> Result<Verified, ServiceError> {
         let quota = self.limits.login_account;
         self.limit("login_account", quota, account_key).await?;
@@ -79,11 +74,10 @@ impl App {
             Some(hash) => self.hasher.verify(password, hash).await?,
             None => self.hasher.verify_dummy(password).await?,
         };
-        if verified != Verified::No {
-            let key = format!("login_account:{}", limiter_key(account_key));
-            if let Err(e) = self.limiter.refund(&key, quota, now).await {
-                tracing::warn!(error = %e, "password-check count not given back");
-            }
+        if verified != Verified::No
+            && let Err(e) = self.limit_refund("login_account", quota, account_key).await
+        {
+            tracing::warn!(error = %e, "password-check count not given back");
         }
         Ok(verified)
     }
@@ -120,17 +114,6 @@ impl Drop for HeldSlot {
                 }
             });
         }
-    }
-}
-
-/// The limiter's key for `key` (see [`App::limit`]).
-pub(super) fn limiter_key(key: &str) -> String {
-    // Keys carry client input (an email); a long one is hashed so that no request can make
-    // the limiter store much.
-    if key.len() > 64 {
-        crate::security::secret_token::hash_secret(key)
-    } else {
-        key.to_owned()
     }
 }
 
