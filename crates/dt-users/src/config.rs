@@ -15,6 +15,9 @@ pub struct Settings {
     pub database_url: Option<String>,
     /// Maximum database connections per process.
     pub database_max_connections: u32,
+    /// Seconds a statement waits for a row lock (MySQL's `innodb_lock_wait_timeout`) or for
+    /// SQLite's write lock before it gives up; the request is then retried once or answered 503.
+    pub database_lock_timeout: u64,
     /// Sessions live in Redis when set, in process memory otherwise.
     pub redis_url: Option<String>,
     /// Prefix of every Redis key, so several deployments (or test runs) can share one Redis.
@@ -48,6 +51,11 @@ pub struct Settings {
     pub email_from: String,
     /// Seconds an emailed token lives.
     pub email_token_ttl: u64,
+    /// Comma-separated secrets (at least 32 characters each) of the tokens emails carry: the
+    /// first makes new tokens, every one listed still serves emails queued under it. Unset:
+    /// derived from the signing keys.
+    #[serde(skip_serializing)]
+    pub email_token_secrets: Option<SecretString>,
     /// The job queue (a Redis URL); unset: a SQLite file under `data_dir`.
     pub jobs_url: Option<String>,
     /// Prefix (namespace) of the job queue's Redis keys.
@@ -74,6 +82,30 @@ pub struct Settings {
     pub kafka_idempotence: bool,
     /// Milliseconds the producer keeps trying to deliver one event.
     pub kafka_message_timeout_ms: u64,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl` (librdkafka's `security.protocol`).
+    pub kafka_security_protocol: Option<String>,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub kafka_sasl_mechanism: Option<String>,
+    pub kafka_sasl_username: Option<String>,
+    #[serde(skip_serializing)]
+    pub kafka_sasl_password: Option<SecretString>,
+    /// PEM file of the CA certificates that sign the brokers' certificates.
+    pub kafka_ssl_ca_location: Option<PathBuf>,
+    /// PEM files of the client certificate and its key (mutual TLS).
+    pub kafka_ssl_certificate_location: Option<PathBuf>,
+    pub kafka_ssl_key_location: Option<PathBuf>,
+    #[serde(skip_serializing)]
+    pub kafka_ssl_key_password: Option<SecretString>,
+    /// Further librdkafka properties, from `DT_USERS_KAFKA_PROPERTIES_<NAME>` variables (the
+    /// name lower-cased, `_` read as `.`), applied to every Kafka client after the above.
+    #[serde(skip)]
+    pub kafka_properties: Vec<(String, SecretString)>,
+    /// Attempts of a command whose application fails for a passing reason (a deadlock, a lock
+    /// wait, a dependency down) before it goes to the DLQ.
+    pub command_max_attempts: u32,
+    /// Seconds the ids of handled commands are kept, so that a redelivery is recognised; keep it
+    /// longer than the commands topic's retention.
+    pub command_retention: u64,
     /// Consumer group session timeout, milliseconds.
     pub kafka_session_timeout_ms: u64,
     /// Consumer heartbeat interval, milliseconds.
@@ -123,8 +155,21 @@ pub struct Settings {
     pub password_checks_in_flight: u32,
     /// Every request per client IP: a generous ceiling.
     pub rate_limit_global_ip: String,
-    /// Comma-separated addresses or networks whose `X-Forwarded-For` is believed.
+    /// Comma-separated addresses or networks whose forwarding header is believed.
     pub trusted_proxies: String,
+    /// The header trusted proxies name the client in: `x-forwarded-for` or `forwarded`
+    /// (RFC 7239).
+    pub forwarded_header: String,
+    /// IPv6 clients are counted per network of this prefix length (a `/64` is one subscriber).
+    pub rate_limit_ipv6_prefix: u8,
+    /// Keys the in-process limiter holds at most; beyond, the least recently used are evicted.
+    pub rate_limit_memory_keys: usize,
+    /// Readiness checks per client IP, for callers without the health token.
+    pub rate_limit_health_ip: String,
+    /// A bearer token that makes `/health/ready` show each dependency's error and the outbox
+    /// backlog; without it only the statuses are shown.
+    #[serde(skip_serializing)]
+    pub health_token: Option<SecretString>,
     /// Comma-separated origins allowed by CORS; empty: CORS off.
     pub cors_allowed_origins: String,
     /// Argon2id memory cost in KiB.
@@ -149,6 +194,7 @@ impl Default for Settings {
         Self {
             database_url: None,
             database_max_connections: 20,
+            database_lock_timeout: 5,
             redis_url: None,
             redis_key_prefix: "dt-users".into(),
             public_url: "http://localhost:8000".into(),
@@ -164,6 +210,7 @@ impl Default for Settings {
             smtp_url: None,
             email_from: "Dev Talk <no-reply@devtalk.localhost>".into(),
             email_token_ttl: 86_400,
+            email_token_secrets: None,
             jobs_url: None,
             jobs_namespace: "dt-users:jobs".into(),
             worker_concurrency: 16,
@@ -177,6 +224,17 @@ impl Default for Settings {
             kafka_group_id: "dt-users".into(),
             kafka_idempotence: true,
             kafka_message_timeout_ms: 10_000,
+            kafka_security_protocol: None,
+            kafka_sasl_mechanism: None,
+            kafka_sasl_username: None,
+            kafka_sasl_password: None,
+            kafka_ssl_ca_location: None,
+            kafka_ssl_certificate_location: None,
+            kafka_ssl_key_location: None,
+            kafka_ssl_key_password: None,
+            kafka_properties: Vec::new(),
+            command_max_attempts: 5,
+            command_retention: 2_592_000,
             kafka_session_timeout_ms: 6_000,
             kafka_heartbeat_interval_ms: 1_000,
             kafka_fetch_wait_max_ms: 100,
@@ -201,6 +259,11 @@ impl Default for Settings {
             password_checks_in_flight: 2,
             rate_limit_global_ip: "300/1200/60".into(),
             trusted_proxies: String::new(),
+            forwarded_header: "x-forwarded-for".into(),
+            rate_limit_ipv6_prefix: 64,
+            rate_limit_memory_keys: 100_000,
+            rate_limit_health_ip: "20/10/1".into(),
+            health_token: None,
             cors_allowed_origins: String::new(),
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
@@ -220,9 +283,12 @@ impl Settings {
     }
 
     fn from_figment(base: Figment) -> Result<Self, Box<figment::Error>> {
-        base.merge(Env::prefixed("DT_USERS_"))
+        let mut settings: Self = base
+            .merge(Env::prefixed("DT_USERS_"))
             .extract()
-            .map_err(Box::new)
+            .map_err(Box::new)?;
+        settings.kafka_properties = kafka_properties(std::env::vars());
+        Ok(settings)
     }
 
     /// The database URL in force: the configured one, or the embedded SQLite file.
@@ -259,5 +325,55 @@ impl Settings {
 
     pub fn jobs_url(&self) -> Option<&str> {
         self.jobs_url.as_deref().filter(|u| !u.trim().is_empty())
+    }
+}
+
+/// The librdkafka properties of `DT_USERS_KAFKA_PROPERTIES_<NAME>` variables among `vars`:
+/// `DT_USERS_KAFKA_PROPERTIES_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM` is
+/// `ssl.endpoint.identification.algorithm`. Values may be secrets (`sasl.password`).
+fn kafka_properties(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, SecretString)> {
+    let mut properties: Vec<(String, SecretString)> = vars
+        .filter_map(|(name, value)| {
+            let property = name.strip_prefix("DT_USERS_KAFKA_PROPERTIES_")?;
+            (!property.is_empty())
+                .then(|| (property.to_lowercase().replace('_', "."), value.into()))
+        })
+        .collect();
+    properties.sort_by(|a, b| a.0.cmp(&b.0));
+    properties
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn kafka_properties_are_read_from_their_prefix() {
+        let vars = [
+            (
+                "DT_USERS_KAFKA_PROPERTIES_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM",
+                "none",
+            ),
+            ("DT_USERS_KAFKA_PROPERTIES_", "ignored"),
+            ("DT_USERS_KAFKA_BOOTSTRAP_SERVERS", "not a property"),
+            ("DT_USERS_KAFKA_PROPERTIES_CLIENT_RACK", "eu-1a"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let read: Vec<(String, String)> = kafka_properties(vars)
+            .into_iter()
+            .map(|(k, v)| (k, v.expose_secret().to_owned()))
+            .collect();
+        assert_eq!(
+            read,
+            [
+                ("client.rack".to_owned(), "eu-1a".to_owned()),
+                (
+                    "ssl.endpoint.identification.algorithm".to_owned(),
+                    "none".to_owned()
+                ),
+            ]
+        );
     }
 }
