@@ -25,6 +25,12 @@ impl Timestamp {
         Self(self.0.saturating_add(secs.saturating_mul(1000)))
     }
 
+    /// `secs` earlier (saturating).
+    pub fn minus_secs(self, secs: u64) -> Self {
+        let millis = i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        Self(self.0.saturating_sub(millis))
+    }
+
     pub fn plus_millis(self, millis: i64) -> Self {
         Self(self.0.saturating_add(millis))
     }

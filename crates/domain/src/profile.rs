@@ -3,13 +3,15 @@
 use std::fmt;
 
 use email_address::{EmailAddress, Options};
+use unicode_normalization::UnicodeNormalization;
 
 fn has_control_chars(s: &str) -> bool {
     s.chars().any(char::is_control)
 }
 
-/// An email address: valid syntax, a dotted domain, at most 254 characters.
-/// Uniqueness is case-insensitive, through [`Email::lookup_key`].
+/// An email address: valid syntax, a dotted domain, at most 254 characters, in Unicode
+/// normalization form C (an `é` typed as one code point or as `e` and a combining accent is
+/// one address). Uniqueness is case-insensitive, through [`Email::lookup_key`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
 
@@ -17,12 +19,21 @@ impl Email {
     pub const MAX_LEN: usize = 254;
 
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let raw = raw.trim();
+        let normalized: String = raw.trim().nfc().collect();
+        let raw = normalized.as_str();
         if raw.is_empty() {
             return Err("must not be empty".into());
         }
         if raw.chars().count() > Self::MAX_LEN {
             return Err(format!("must be at most {} characters", Self::MAX_LEN));
+        }
+        // The stored key is bounded too: lower-casing can lengthen an address (`İ` becomes
+        // `i` and a combining dot), and the key must fit where it is kept.
+        if Self::lookup_key_of(raw).chars().count() > Self::MAX_LEN {
+            return Err(format!(
+                "must be at most {} characters once lower-cased",
+                Self::MAX_LEN
+            ));
         }
         if has_control_chars(raw) || raw.contains(char::is_whitespace) {
             return Err("must not contain whitespace or control characters".into());
@@ -38,7 +49,7 @@ impl Email {
             .map_err(|_| "must be a valid email address".into())
     }
 
-    /// The key under which the address is unique: lower-cased.
+    /// The key under which the address is unique: normalized (NFC) and lower-cased.
     pub fn lookup_key(&self) -> String {
         Self::lookup_key_of(&self.0)
     }
@@ -51,9 +62,15 @@ impl Email {
         format!("{first}***@{domain}")
     }
 
-    /// The lookup key of an address that was not (yet) parsed, as sign-in uses it.
+    /// The lookup key of an address that was not (yet) parsed, as sign-in uses it. NFC
+    /// again after lower-casing, which can leave a letter and a combining mark that compose.
     pub fn lookup_key_of(raw: &str) -> String {
-        raw.trim().to_lowercase()
+        raw.trim()
+            .nfc()
+            .collect::<String>()
+            .to_lowercase()
+            .nfc()
+            .collect()
     }
 
     pub fn as_str(&self) -> &str {
@@ -150,8 +167,46 @@ impl fmt::Display for Username {
     }
 }
 
+/// Bidirectional embeddings, overrides and isolates: they reorder what follows them on
+/// screen, so a name could show one thing and be another (the "Trojan Source" trick).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Characters that take no space and show nothing: a name with them looks like another.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}' | '\u{180E}' | '\u{00AD}'
+    )
+}
+
+/// The zero-width joiner and non-joiner, which some scripts (Persian, the Indic scripts) and
+/// emoji sequences need between two visible characters, and nowhere else.
+fn is_joiner(c: char) -> bool {
+    matches!(c, '\u{200C}' | '\u{200D}')
+}
+
+/// Why `text` may not be shown as a name or a bio, if it may not.
+fn hidden_characters(text: &str) -> Option<&'static str> {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.iter().any(|c| is_bidi_control(*c)) {
+        return Some("must not contain bidirectional override or isolate characters");
+    }
+    if chars.iter().any(|c| is_invisible(*c)) {
+        return Some("must not contain invisible characters");
+    }
+    let visible = |c: Option<&char>| {
+        c.is_some_and(|c| !c.is_whitespace() && !c.is_control() && !is_joiner(*c))
+    };
+    let stray_joiner = chars.iter().enumerate().any(|(i, c)| {
+        is_joiner(*c) && !(i > 0 && visible(chars.get(i - 1)) && visible(chars.get(i + 1)))
+    });
+    stray_joiner.then_some("must not contain a zero-width joiner outside a word or an emoji")
+}
+
 /// Free text limited in length, without control characters (newlines allowed where
-/// `multiline`), normalized by trimming.
+/// `multiline`) or characters that hide or reorder text, normalized by trimming.
 fn parse_text(raw: &str, max: usize, multiline: bool) -> Result<String, String> {
     let text = raw.trim();
     if text.chars().count() > max {
@@ -162,6 +217,9 @@ fn parse_text(raw: &str, max: usize, multiline: bool) -> Result<String, String> 
         .any(|c| c.is_control() && !(multiline && (c == '\n' || c == '\r' || c == '\t')));
     if bad {
         return Err("must not contain control characters".into());
+    }
+    if let Some(reason) = hidden_characters(text) {
+        return Err(reason.into());
     }
     Ok(text.to_owned())
 }
@@ -243,6 +301,70 @@ mod tests {
         let email = Email::parse("  Ada.Lovelace+dt@Example.COM ").unwrap();
         assert_eq!(email.as_str(), "Ada.Lovelace+dt@Example.COM");
         assert_eq!(email.lookup_key(), "ada.lovelace+dt@example.com");
+    }
+
+    #[test]
+    fn an_address_typed_composed_or_decomposed_is_one_address() {
+        let composed = Email::parse("jos\u{e9}@example.com").unwrap();
+        let decomposed = Email::parse("jose\u{301}@example.com").unwrap();
+        assert_eq!(composed, decomposed);
+        assert_eq!(composed.lookup_key(), decomposed.lookup_key());
+        assert_eq!(
+            Email::lookup_key_of("JOSE\u{301}@Example.com"),
+            composed.lookup_key()
+        );
+    }
+
+    #[test]
+    fn the_lower_cased_key_is_bounded_not_only_the_address() {
+        // `İ` lower-cases to two code points. The longest İ address the syntax allows (a
+        // 64-byte local part, three 62-byte labels) has 132 characters and a 257-character key.
+        let label = "\u{130}".repeat(31);
+        let longest = format!("{}@{label}.{label}.{label}.com", "\u{130}".repeat(32));
+        assert_eq!(longest.chars().count(), 132);
+        assert_eq!(Email::lookup_key_of(&longest).chars().count(), 257);
+        assert_eq!(
+            Email::parse(&longest).unwrap_err(),
+            "must be at most 254 characters once lower-cased"
+        );
+        for local in 0..40 {
+            for labels in 1..5 {
+                let domain = vec![label.as_str(); labels].join(".");
+                let address = format!("{}@{domain}.com", "\u{130}".repeat(local));
+                if let Ok(email) = Email::parse(&address) {
+                    assert!(email.lookup_key().chars().count() <= Email::MAX_LEN);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn names_refuse_characters_that_hide_or_reorder_text() {
+        for bad in [
+            "\u{202E}gnp.exe",
+            "ada\u{2066}x\u{2069}",
+            "ad\u{200B}min",
+            "\u{FEFF}ada",
+            "ada\u{2060}",
+            "ada\u{00AD}",
+            "\u{200D}ada",
+            "ada \u{200C} lovelace",
+            "ada\u{200D}",
+        ] {
+            assert!(DisplayName::parse(bad).is_err(), "{bad:?} accepted");
+            assert!(Bio::parse(bad).is_err(), "{bad:?} accepted in a bio");
+        }
+        // Joiners inside a word or an emoji sequence are writing, not hiding.
+        for good in [
+            "\u{645}\u{6CC}\u{200C}\u{62E}\u{648}\u{627}\u{647}\u{645}",
+            "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}",
+            "\u{5E9}\u{5DC}\u{5D5}\u{5DD} Ada",
+        ] {
+            assert!(
+                DisplayName::parse(good).unwrap().is_some(),
+                "{good:?} refused"
+            );
+        }
     }
 
     #[test]

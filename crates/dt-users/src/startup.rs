@@ -48,6 +48,7 @@ pub fn open_database(settings: &Settings) -> Result<Db, StartupError> {
     Ok(Db::connect_lazy(
         &settings.effective_database_url(),
         settings.database_max_connections,
+        Duration::from_secs(settings.database_lock_timeout),
     )?)
 }
 
@@ -118,7 +119,11 @@ pub async fn build_app(
         signing_kid = tokens.keys().signing_kid(),
         "dt-users ready"
     );
-    let email_tokens = EmailTokens::new(tokens.keys().token_secret());
+    let email_tokens = match &settings.email_token_secrets {
+        Some(secrets) => EmailTokens::from_configured(secrets).map_err(StartupError::Config)?,
+        None => EmailTokens::new(tokens.keys().token_secrets())
+            .ok_or_else(|| StartupError::Config("no signing key to derive email tokens".into()))?,
+    };
     let limits = Rules::from_settings(&settings).map_err(StartupError::Config)?;
     let trusted_proxies = TrustedProxies::parse(&settings.trusted_proxies)
         .map_err(|e| StartupError::Config(format!("DT_USERS_TRUSTED_PROXIES: {e}")))?;

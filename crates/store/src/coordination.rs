@@ -9,7 +9,7 @@ use crate::StoreError;
 
 /// The outcome of an insert guarded by a unique key: true when the row went in, false when
 /// the key was taken (someone else got there first).
-fn inserted_once(
+pub(crate) fn inserted_once(
     result: Result<sqlx::any::AnyQueryResult, sqlx::Error>,
 ) -> Result<bool, StoreError> {
     match result {
@@ -189,4 +189,25 @@ pub async fn record_command(
     .execute(conn)
     .await;
     inserted_once(inserted)
+}
+
+/// True when the command `id` was recorded as handled.
+pub async fn command_recorded(conn: &mut AnyConnection, id: &str) -> Result<bool, StoreError> {
+    let row = sqlx::query("SELECT 1 AS recorded FROM processed_commands WHERE id = ?")
+        .bind(id.to_owned())
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Removes the records of commands handled before `before`; returns how many.
+pub async fn delete_old_commands(
+    conn: &mut AnyConnection,
+    before: Timestamp,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query("DELETE FROM processed_commands WHERE processed_at < ?")
+        .bind(before.as_millis())
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
 }

@@ -42,8 +42,14 @@ pub struct Db {
 
 impl Db {
     /// Opens a pool lazily: a database that is down at start-up makes requests answer 503
-    /// until it is back, rather than keeping the service from starting.
-    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    /// until it is back, rather than keeping the service from starting. A statement waits at
+    /// most `lock_timeout` for a row lock (MySQL) or the write lock (SQLite): a request must
+    /// not hang on a lock for the server's default (50 s on MySQL).
+    pub fn connect_lazy(
+        url: &str,
+        max_connections: u32,
+        lock_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let dialect = Dialect::of_url(url).ok_or_else(|| {
             StoreError::Corrupt("the database URL must start with mysql:// or sqlite://".into())
@@ -63,11 +69,23 @@ impl Db {
             .acquire_timeout(Duration::from_secs(5))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
-                    if dialect == Dialect::Sqlite {
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA busy_timeout = 5000").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    match dialect {
+                        Dialect::Sqlite => {
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            let busy =
+                                format!("PRAGMA busy_timeout = {}", lock_timeout.as_millis());
+                            conn.execute(sqlx::AssertSqlSafe(busy)).await?;
+                            conn.execute("PRAGMA foreign_keys = ON").await?;
+                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        }
+                        Dialect::MySql => {
+                            // Whole seconds, at least one: the server's unit and minimum.
+                            let wait = format!(
+                                "SET SESSION innodb_lock_wait_timeout = {}",
+                                lock_timeout.as_secs().max(1)
+                            );
+                            conn.execute(sqlx::AssertSqlSafe(wait)).await?;
+                        }
                     }
                     Ok(())
                 })
@@ -95,10 +113,20 @@ impl Db {
         self.dialect
     }
 
-    /// Applies every migration this binary carries that the database lacks.
+    /// Applies every migration this binary carries that the database lacks, then brings
+    /// stored lookup keys to the current normalization (a data step SQL cannot express; it
+    /// reads only the rows outside ASCII, so running it again costs little).
     pub async fn migrate(&self) -> Result<MigrationState, StoreError> {
         let migrator = migrations::migrator(self.dialect);
         migrator.run(&self.pool).await.map_err(migrate_error)?;
+        let mut conn = self.pool.acquire().await?;
+        let users = crate::users::normalize_email_keys(&mut conn, self.dialect).await?;
+        let links =
+            crate::email_tokens::normalize_token_email_keys(&mut conn, self.dialect).await?;
+        if users + links > 0 {
+            tracing::info!(users, links, "email lookup keys normalized");
+        }
+        drop(conn);
         self.migration_state().await
     }
 

@@ -253,3 +253,35 @@ pub async fn email_tokens_of(
         })
         .collect()
 }
+
+/// Recomputes the address keys of emailed links outside ASCII with the current rule (see
+/// [`crate::normalize_email_keys`]); returns how many changed.
+pub async fn normalize_token_email_keys(
+    conn: &mut AnyConnection,
+    dialect: crate::Dialect,
+) -> Result<u64, StoreError> {
+    let sql = format!(
+        "SELECT token_hash, email, email_lower FROM email_tokens WHERE {}",
+        crate::users::non_ascii("email", dialect)
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut changed = 0;
+    for row in &rows {
+        let hash: String = row.try_get("token_hash")?;
+        let email: String = row.try_get("email")?;
+        let stored: Option<String> = row.try_get("email_lower")?;
+        let key = dt_users_domain::Email::lookup_key_of(&email);
+        if stored.as_deref() == Some(key.as_str()) {
+            continue;
+        }
+        sqlx::query("UPDATE email_tokens SET email_lower = ? WHERE token_hash = ?")
+            .bind(key)
+            .bind(hash)
+            .execute(&mut *conn)
+            .await?;
+        changed += 1;
+    }
+    Ok(changed)
+}

@@ -13,8 +13,8 @@ mod outbox;
 mod users;
 
 pub use coordination::{
-    DeliveryClaim, acquire_lease, claim_delivery, delete_old_deliveries, mark_sent, record_command,
-    release_delivery, release_lease,
+    DeliveryClaim, acquire_lease, claim_delivery, command_recorded, delete_old_commands,
+    delete_old_deliveries, mark_sent, record_command, release_delivery, release_lease,
 };
 pub use db::{Db, Dialect};
 pub use email_tokens::{
@@ -26,7 +26,8 @@ pub use error::{Conflict, StoreError};
 pub use migrations::MigrationState;
 pub use outbox::{
     EmailRecord, NewOutboxRow, OutboxKind, OutboxRow, backlog, delete_dispatched, emails_of,
-    insert_outbox, mark_dispatched, mark_dispatched_many, outbox_payload, pending_outbox, postpone,
+    insert_outbox, insert_outbox_once, mark_dispatched, mark_dispatched_many, outbox_payload,
+    pending_outbox, postpone,
 };
 pub use sqlx::AnyConnection;
 pub use users::{

@@ -34,6 +34,11 @@ const MYSQL: Embedded = &[
         "email change and bans",
         include_str!("../migrations/mysql/0005_email_change_and_bans.sql"),
     ),
+    (
+        6,
+        "exact command ids",
+        include_str!("../migrations/mysql/0006_exact_command_ids.sql"),
+    ),
 ];
 
 const SQLITE: Embedded = &[
@@ -61,6 +66,11 @@ const SQLITE: Embedded = &[
         5,
         "email change and bans",
         include_str!("../migrations/sqlite/0005_email_change_and_bans.sql"),
+    ),
+    (
+        6,
+        "exact command ids",
+        include_str!("../migrations/sqlite/0006_exact_command_ids.sql"),
     ),
 ];
 

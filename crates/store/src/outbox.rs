@@ -87,6 +87,25 @@ pub async fn insert_outbox(
     Ok(())
 }
 
+/// Inserts a row unless one with its id exists (a record handed over twice); false then.
+pub async fn insert_outbox_once(
+    conn: &mut AnyConnection,
+    row: &NewOutboxRow,
+    recorded_at: Timestamp,
+) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(INSERT)
+        .bind(row.id.to_string())
+        .bind(row.kind.as_str())
+        .bind(row.name.clone())
+        .bind(row.user_id.to_string())
+        .bind(row.payload.clone())
+        .bind(recorded_at.as_millis())
+        .bind(recorded_at.as_millis())
+        .execute(conn)
+        .await;
+    crate::coordination::inserted_once(inserted)
+}
+
 fn row_of(row: &AnyRow) -> Result<OutboxRow, StoreError> {
     let id: String = row.try_get("id")?;
     let user_id: String = row.try_get("user_id")?;

@@ -222,3 +222,52 @@ pub async fn erase_user(conn: &mut AnyConnection, id: Uuid) -> Result<(), StoreE
         .await?;
     Ok(())
 }
+
+/// A condition true for rows whose `column` holds a character outside ASCII.
+pub(crate) fn non_ascii(column: &str, dialect: crate::Dialect) -> String {
+    match dialect {
+        crate::Dialect::MySql => format!("LENGTH({column}) <> CHAR_LENGTH({column})"),
+        crate::Dialect::Sqlite => format!("length(CAST({column} AS BLOB)) <> length({column})"),
+    }
+}
+
+/// Recomputes the lookup keys of addresses outside ASCII with the current rule (NFC, then
+/// lower-case) where a release that did not normalize stored another; returns how many
+/// changed. ASCII addresses, nearly all of them, are not read. An account whose new key is
+/// taken by another (the same address registered twice, once composed and once decomposed)
+/// keeps its key and is logged: which of the two its owner meant is for an operator to say.
+pub async fn normalize_email_keys(
+    conn: &mut AnyConnection,
+    dialect: crate::Dialect,
+) -> Result<u64, StoreError> {
+    let sql = format!(
+        "SELECT id, email, email_lower FROM users WHERE {}",
+        non_ascii("email", dialect)
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut changed = 0;
+    for row in &rows {
+        let id: String = row.try_get("id")?;
+        let email: String = row.try_get("email")?;
+        let stored: String = row.try_get("email_lower")?;
+        let key = Email::lookup_key_of(&email);
+        if key == stored {
+            continue;
+        }
+        let updated = sqlx::query("UPDATE users SET email_lower = ? WHERE id = ?")
+            .bind(key)
+            .bind(id.clone())
+            .execute(&mut *conn)
+            .await;
+        match updated.map_err(StoreError::from) {
+            Ok(_) => changed += 1,
+            Err(StoreError::Conflict(_)) => {
+                tracing::warn!(user_id = %id, "two accounts have one address once normalized; this one keeps its old lookup key");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(changed)
+}

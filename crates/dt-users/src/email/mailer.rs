@@ -118,10 +118,13 @@ impl Mailer {
         match self {
             Self::Smtp { transport, .. } => {
                 transport.send(message).await.map(|_| ()).map_err(|e| {
+                    // A server's refusal often quotes the recipient; the reason goes to logs
+                    // and to the job queue's record of the attempt, the address must not.
+                    let reason = without_addresses(&e.to_string());
                     if e.is_permanent() {
-                        SendError::Permanent(e.to_string())
+                        SendError::Permanent(reason)
                     } else {
-                        SendError::Transient(e.to_string())
+                        SendError::Transient(reason)
                     }
                 })
             }
@@ -136,6 +139,55 @@ impl Mailer {
                 tracing::info!(path = %path.display(), kind = intent.kind.name(), "email written to a file");
                 Ok(())
             }
+        }
+    }
+}
+
+/// `text` with every email address in it replaced by `[address]`.
+fn without_addresses(text: &str) -> String {
+    let delimiter = |c: char| c.is_whitespace() || "<>\"'(),;:[]".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('@') {
+        let (before, after) = rest.split_at(at);
+        let start = before.rfind(delimiter).map_or(0, |i| {
+            let width = before.get(i..).and_then(|s| s.chars().next());
+            i + width.map_or(1, char::len_utf8)
+        });
+        let end = after.find(delimiter).unwrap_or(after.len());
+        out.push_str(before.get(..start).unwrap_or_default());
+        out.push_str("[address]");
+        rest = after.get(end..).unwrap_or_default();
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn addresses_are_taken_out_of_server_replies() {
+        assert_eq!(
+            without_addresses("permanent error (550): 5.1.1 <bob@example.com>: Recipient address rejected"),
+            "permanent error (550): 5.1.1 <[address]>: Recipient address rejected"
+        );
+        assert_eq!(
+            without_addresses("user jos\u{e9}@b\u{fc}cher.de unknown, also x@y.z"),
+            "user [address] unknown, also [address]"
+        );
+        assert_eq!(without_addresses("connection refused"), "connection refused");
+        assert_eq!(without_addresses("@"), "[address]");
+    }
+
+    proptest! {
+        #[test]
+        fn no_address_survives(text in "\\PC*", local in "[a-z0-9.]{1,10}", domain in "[a-z]{1,10}\\.[a-z]{2,3}") {
+            let address = format!("{local}@{domain}");
+            let cleaned = without_addresses(&format!("{text} <{address}> {text}"));
+            prop_assert!(!cleaned.contains(&address));
         }
     }
 }

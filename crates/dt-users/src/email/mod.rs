@@ -71,4 +71,8 @@ pub struct EmailIntent {
     /// Template values besides the link and token (`old_email`, `changed_at`, …).
     #[serde(default)]
     pub params: BTreeMap<String, String>,
+    /// Which secret made the token of this email's link (see `EmailTokens`); absent for
+    /// emails without a link, and for intents recorded before secrets were named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_key: Option<String>,
 }

@@ -99,6 +99,7 @@ mod tests {
             user_id: Uuid::now_v7(),
             to: "ada@example.com".into(),
             name: name.into(),
+            token_key: None,
             params: BTreeMap::from([
                 ("old_email".into(), "old@example.com".into()),
                 ("new_email".into(), "ada@example.com".into()),

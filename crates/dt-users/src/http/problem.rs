@@ -248,7 +248,7 @@ impl From<ServiceError> for ApiError {
                 Self::new(S::SERVICE_UNAVAILABLE, "overloaded", "Service overloaded")
                     .detail("Too many sign-ins are being checked right now; try again in a moment.")
             }
-            ServiceError::Unavailable(cause) => {
+            ServiceError::Unavailable(cause) | ServiceError::Busy(cause) => {
                 Self::new(S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
                     .detail("A dependency is unavailable; try again shortly.")
                     .cause(cause)

@@ -119,10 +119,24 @@ impl EmailWorker {
                 }
             }
         }
-        let token = intent
-            .kind
-            .token_path()
-            .map(|_| state.tokens.token_for(intent.id));
+        let token = match intent.kind.token_path() {
+            None => None,
+            Some(_) => match state
+                .tokens
+                .token_with(intent.token_key.as_deref(), intent.id)
+            {
+                Some(token) => Some(token),
+                None => {
+                    // Its link could not work: better no email than one with a dead link.
+                    self.release(intent).await;
+                    return Err(AbortError::new(JobFailed(format!(
+                        "the secret {:?} that made this email's link is no longer configured",
+                        intent.token_key.as_deref().unwrap_or_default()
+                    )))
+                    .into());
+                }
+            },
+        };
         let rendered = match render(
             intent,
             &state.public_url,

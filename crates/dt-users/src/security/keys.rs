@@ -40,8 +40,9 @@ struct PublicKey {
 /// only verify, so a new key can be introduced while tokens signed by an old one stay valid.
 pub struct SigningKeys {
     signing_kid: String,
-    /// A secret derived from the signing key, for the HMAC of emailed tokens.
-    token_secret: [u8; 32],
+    /// A secret derived from each key, in the configured order, named by the key's `kid`: the
+    /// emailed tokens' secrets when none are configured (see `EmailTokens`).
+    token_secrets: Vec<(String, Vec<u8>)>,
     encoding: EncodingKey,
     verifying: HashMap<String, PublicKey>,
     jwks: Value,
@@ -84,7 +85,7 @@ impl SigningKeys {
     pub fn from_pem(pem_text: &[u8]) -> Result<Self, KeyError> {
         let blocks = pem::parse_many(pem_text).map_err(|e| KeyError::Invalid(e.to_string()))?;
         let mut signing = None;
-        let mut token_secret = None;
+        let mut token_secrets = Vec::new();
         let mut verifying = HashMap::new();
         let mut jwks = Vec::new();
         for block in blocks.iter().filter(|b| b.tag() == "PRIVATE KEY") {
@@ -100,12 +101,12 @@ impl SigningKeys {
             });
             if signing.is_none() {
                 signing = Some((kid.clone(), EncodingKey::from_ed_der(block.contents())));
+            }
+            if let std::collections::hash_map::Entry::Vacant(slot) = verifying.entry(kid.clone()) {
                 let mut hasher = Sha256::new();
                 hasher.update(b"dt-users/email-token/v1\0");
                 hasher.update(block.contents());
-                token_secret = Some(hasher.finalize().into());
-            }
-            if let std::collections::hash_map::Entry::Vacant(slot) = verifying.entry(kid) {
+                token_secrets.push((kid, hasher.finalize().to_vec()));
                 jwks.push(jwk.clone());
                 slot.insert(PublicKey { jwk, decoding });
             }
@@ -115,7 +116,7 @@ impl SigningKeys {
         })?;
         Ok(Self {
             signing_kid,
-            token_secret: token_secret.unwrap_or_default(),
+            token_secrets,
             encoding,
             verifying,
             jwks: json!({ "keys": jwks }),
@@ -126,9 +127,9 @@ impl SigningKeys {
         &self.signing_kid
     }
 
-    /// A 256-bit secret derived from the signing key (never from a verify-only key).
-    pub fn token_secret(&self) -> &[u8; 32] {
-        &self.token_secret
+    /// A 256-bit secret derived from each key, the signing key's first, named by `kid`.
+    pub fn token_secrets(&self) -> Vec<(String, Vec<u8>)> {
+        self.token_secrets.clone()
     }
 
     pub fn encoding_key(&self) -> &EncodingKey {

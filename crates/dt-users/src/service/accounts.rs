@@ -7,6 +7,7 @@ use dt_users_store::{self as store, TokenPurpose};
 use uuid::Uuid;
 
 use super::events::public_user_json;
+use super::transaction::transact;
 use super::{App, ServiceError};
 use crate::email::EmailKind;
 use crate::events::types;
@@ -98,22 +99,20 @@ impl App {
             deleted_at: None,
             purge_after: None,
         };
-        let mut tx = self.db.begin_write().await?;
-        store::insert_user(&mut tx, &user).await?;
-        self.record_event(&mut tx, user.id, types::REGISTERED, public_user_json(&user))
+        transact!(self, |tx| {
+            store::insert_user(tx, &user).await?;
+            self.record_event(tx, user.id, types::REGISTERED, public_user_json(&user))
+                .await?;
+            self.queue_email(
+                tx,
+                EmailKind::Welcome,
+                &user,
+                user.email.as_str(),
+                Some(TokenPurpose::VerifyEmail.into()),
+                BTreeMap::new(),
+            )
             .await?;
-        let to = user.email.as_str().to_owned();
-        self.queue_email(
-            &mut tx,
-            EmailKind::Welcome,
-            &user,
-            &to,
-            Some(TokenPurpose::VerifyEmail.into()),
-            BTreeMap::new(),
-        )
-        .await?;
-        tx.commit().await?;
-        self.outbox_committed();
+        })?;
         tracing::info!(user_id = %user.id, "account registered");
         Ok(user)
     }

@@ -204,10 +204,7 @@ impl App {
             Rotation::WithinGrace | Rotation::Invalid => Err(ServiceError::InvalidRefreshToken),
             Rotation::Reused => {
                 tracing::warn!(%user_id, %session_id, "refresh token reused: session revoked");
-                // The session already ended in the store; announcing it is best effort here.
-                if let Err(e) = self.announce_sessions_revoked(user_id, &[session_id]).await {
-                    tracing::warn!(error = %e, "sessions_revoked event not recorded");
-                }
+                self.announce_sessions_revoked(user_id, &[session_id]).await;
                 Err(ServiceError::RefreshTokenReused)
             }
         }
@@ -224,24 +221,7 @@ impl App {
                 return;
             }
         };
-        if !ended.is_empty()
-            && let Err(e) = self.announce_sessions_revoked(user_id, &ended).await
-        {
-            tracing::warn!(error = %e, "sessions_revoked event not recorded");
-        }
-    }
-
-    async fn announce_sessions_revoked(
-        &self,
-        user_id: Uuid,
-        ended: &[Uuid],
-    ) -> Result<(), ServiceError> {
-        let mut tx = self.db.begin_write().await?;
-        self.record_sessions_revoked(&mut tx, user_id, ended)
-            .await?;
-        tx.commit().await?;
-        self.outbox_committed();
-        Ok(())
+        self.announce_sessions_revoked(user_id, &ended).await;
     }
 
     /// Verifies an access token and that its session is still alive.
@@ -262,13 +242,14 @@ impl App {
         }
     }
 
+    /// Ends this session, the others, or all. Needs the session store only: with the database
+    /// down the sessions still end at once, and their event follows when it is back.
     #[tracing::instrument(skip_all, fields(scope = ?scope))]
     pub async fn logout(
         &self,
         subject: TokenSubject,
         scope: LogoutScope,
     ) -> Result<(), ServiceError> {
-        let mut tx = self.db.begin_write().await?;
         let ended = match scope {
             LogoutScope::Local => {
                 let ended = self
@@ -292,10 +273,8 @@ impl App {
                     .await?
             }
         };
-        self.record_sessions_revoked(&mut tx, subject.user_id, &ended)
-            .await?;
-        tx.commit().await?;
-        self.outbox_committed();
+        self.announce_sessions_revoked(subject.user_id, &ended)
+            .await;
         tracing::info!(user_id = %subject.user_id, sessions = ended.len(), "signed out");
         Ok(())
     }
@@ -304,19 +283,17 @@ impl App {
         Ok(self.sessions.list(subject.user_id, self.now()).await?)
     }
 
+    /// Ends one of the caller's sessions; like [`App::logout`], without needing the database.
     pub async fn end_session(
         &self,
         subject: TokenSubject,
         session_id: Uuid,
     ) -> Result<(), ServiceError> {
-        let mut tx = self.db.begin_write().await?;
         if !self.sessions.revoke(subject.user_id, session_id).await? {
             return Err(ServiceError::NotFound);
         }
-        self.record_sessions_revoked(&mut tx, subject.user_id, &[session_id])
-            .await?;
-        tx.commit().await?;
-        self.outbox_committed();
+        self.announce_sessions_revoked(subject.user_id, &[session_id])
+            .await;
         tracing::info!(user_id = %subject.user_id, %session_id, "session ended");
         Ok(())
     }

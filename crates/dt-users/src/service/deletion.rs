@@ -10,11 +10,11 @@ use uuid::Uuid;
 
 use super::email_flows::EmailToken;
 use super::events::public_user_json;
+use super::transaction::transact;
 use super::{App, ServiceError};
 use crate::email::EmailKind;
 use crate::events::types;
 use crate::security::access_token::TokenSubject;
-use crate::security::secret_token::hash_secret;
 use crate::sessions::Session;
 
 /// Everything dt-users holds about one user (GDPR right of access).
@@ -39,39 +39,38 @@ impl App {
         self.check_current_password(&user, password).await?;
         let now = self.now();
         let restore_until = now.plus_secs(self.settings.deletion_grace_period);
-        let mut tx = self.db.begin_write().await?;
-        let mut user = store::lock_user(&mut tx, user.id, self.db.dialect())
-            .await?
-            .filter(|u| u.status == AccountStatus::Active)
-            .ok_or(ServiceError::SessionRevoked)?;
-        user.status = AccountStatus::Deleted;
-        user.deleted_at = Some(now);
-        user.purge_after = Some(restore_until);
-        user.updated_at = now;
-        store::update_user(&mut tx, &user).await?;
-        // Cancel links stay: an intruder who changed the address and then deleted the account
-        // is undone by the old mailbox — the address comes back, and with it the restoration.
-        store::revoke_email_tokens_except(
-            &mut tx,
-            user.id,
-            Some(TokenPurpose::CancelEmailChange),
-            now,
-        )
-        .await?;
-        self.queue_restore_email(&mut tx, &user, restore_until)
+        let ended = transact!(self, |tx| {
+            let mut user = store::lock_user(tx, user.id, self.db.dialect())
+                .await?
+                .filter(|u| u.status == AccountStatus::Active)
+                .ok_or(ServiceError::SessionRevoked)?;
+            user.status = AccountStatus::Deleted;
+            user.deleted_at = Some(now);
+            user.purge_after = Some(restore_until);
+            user.updated_at = now;
+            store::update_user(tx, &user).await?;
+            // Cancel links stay: an intruder who changed the address and then deleted the
+            // account is undone by the old mailbox — the address comes back, and with it the
+            // restoration.
+            store::revoke_email_tokens_except(
+                tx,
+                user.id,
+                Some(TokenPurpose::CancelEmailChange),
+                now,
+            )
             .await?;
-        self.record_event(
-            &mut tx,
-            user.id,
-            types::DELETED,
-            json!({"user_id": user.id, "restore_until": restore_until.to_rfc3339()}),
-        )
-        .await?;
-        // Sessions end before the deletion commits: no token outlives it.
-        // (`deleted` tells other services that every session ended; no `sessions_revoked`.)
-        let ended = self.sessions.revoke_all(user.id, None, now).await?;
-        tx.commit().await?;
-        self.outbox_committed();
+            self.queue_restore_email(tx, &user, restore_until).await?;
+            self.record_event(
+                tx,
+                user.id,
+                types::DELETED,
+                json!({"user_id": user.id, "restore_until": restore_until.to_rfc3339()}),
+            )
+            .await?;
+            // Sessions end before the deletion commits: no token outlives it. (`deleted`
+            // tells other services that every session ended; no `sessions_revoked`.)
+            self.sessions.revoke_all(user.id, None, now).await?
+        })?;
         self.revoke_after_commit(user.id, None).await;
         tracing::info!(sessions = ended.len(), restore_until = %restore_until.to_rfc3339(), "account deleted");
         Ok(restore_until)
@@ -84,12 +83,11 @@ impl App {
         restore_until: Timestamp,
     ) -> Result<(), ServiceError> {
         let params = BTreeMap::from([("restore_until".to_owned(), restore_until.to_rfc3339())]);
-        let to = user.email.as_str().to_owned();
         self.queue_email(
             conn,
             EmailKind::AccountRestore,
             user,
-            &to,
+            user.email.as_str(),
             Some(EmailToken {
                 purpose: TokenPurpose::RestoreAccount,
                 not_after: Some(restore_until),
@@ -104,33 +102,27 @@ impl App {
     /// erasure racing, exactly one happens.
     #[tracing::instrument(skip_all)]
     pub async fn restore_account(&self, token: &str) -> Result<User, ServiceError> {
-        if !super::email_flows::plausible_token(token) {
-            return Err(ServiceError::InvalidEmailToken);
-        }
-        let token_hash = hash_secret(token);
         let now = self.now();
-        let mut tx = self.db.begin_write().await?;
-        let live = store::peek_email_token(&mut tx, &token_hash, TokenPurpose::RestoreAccount, now)
-            .await?
-            .ok_or(ServiceError::InvalidEmailToken)?;
-        // Lock the account first (as erasure does), then use the token.
-        let mut user = store::lock_user(&mut tx, live.user_id, self.db.dialect())
-            .await?
-            .filter(|u| {
-                u.status == AccountStatus::Deleted && u.purge_after.is_some_and(|p| p > now)
-            })
-            .ok_or(ServiceError::InvalidEmailToken)?;
-        store::use_email_token(&mut tx, &token_hash, TokenPurpose::RestoreAccount, now)
-            .await?
-            .ok_or(ServiceError::InvalidEmailToken)?;
-        user.status = user.status_when_not_deleted();
-        user.deleted_at = None;
-        user.purge_after = None;
-        user.updated_at = now;
-        store::update_user(&mut tx, &user).await?;
-        self.record_event(&mut tx, user.id, types::RESTORED, public_user_json(&user))
-            .await?;
-        tx.commit().await?;
+        let user = transact!(self, |tx| {
+            // The account first (as erasure does), then the token.
+            let live = self
+                .lock_token_owner(tx, token, TokenPurpose::RestoreAccount)
+                .await?;
+            let mut user = live
+                .user
+                .filter(|u| {
+                    u.status == AccountStatus::Deleted && u.purge_after.is_some_and(|p| p > now)
+                })
+                .ok_or(ServiceError::InvalidEmailToken)?;
+            user.status = user.status_when_not_deleted();
+            user.deleted_at = None;
+            user.purge_after = None;
+            user.updated_at = now;
+            store::update_user(tx, &user).await?;
+            self.record_event(tx, user.id, types::RESTORED, public_user_json(&user))
+                .await?;
+            user
+        })?;
         tracing::info!(user_id = %user.id, "account restored");
         Ok(user)
     }
@@ -149,24 +141,18 @@ impl App {
 
     async fn send_restore_email(&self, email_key: &str) -> Result<(), ServiceError> {
         let now = self.now();
-        let mut tx = self.db.begin_write().await?;
-        let Some(user) = self
-            .lock_user_by_email(&mut tx, email_key)
-            .await?
-            .filter(|u| u.status == AccountStatus::Deleted)
-        else {
-            return Ok(());
-        };
-        let Some(restore_until) = user.purge_after.filter(|p| *p > now) else {
-            return Ok(());
-        };
-        store::revoke_email_tokens(&mut tx, user.id, TokenPurpose::RestoreAccount, now).await?;
-        self.queue_restore_email(&mut tx, &user, restore_until)
-            .await?;
-        tx.commit().await?;
-        self.outbox_committed();
-        tracing::info!(user_id = %user.id, "restoration email requested");
-        Ok(())
+        transact!(self, |tx| {
+            let user = self
+                .lock_user_by_email(tx, email_key)
+                .await?
+                .filter(|u| u.status == AccountStatus::Deleted);
+            let due = user.and_then(|u| u.purge_after.filter(|p| *p > now).map(|p| (u, p)));
+            if let Some((user, restore_until)) = due {
+                store::revoke_email_tokens(tx, user.id, TokenPurpose::RestoreAccount, now).await?;
+                self.queue_restore_email(tx, &user, restore_until).await?;
+                tracing::info!(user_id = %user.id, "restoration email requested");
+            }
+        })
     }
 
     /// Erases up to `batch` accounts whose grace period ended by `now`; returns how many.
@@ -187,7 +173,6 @@ impl App {
         }
         if erased > 0 {
             metrics::counter!("accounts_purged_total").increment(erased as u64);
-            self.outbox_committed();
         }
         Ok(erased)
     }
@@ -195,23 +180,25 @@ impl App {
     /// Erases one account if it is still deleted and due (a restore may have won the race).
     /// Idempotent: an account already erased is simply not found.
     pub async fn erase_account(&self, user_id: Uuid, now: Timestamp) -> Result<bool, ServiceError> {
-        let mut tx = self.db.begin_write().await?;
-        let due = store::lock_user(&mut tx, user_id, self.db.dialect())
-            .await?
-            .filter(|u| {
-                u.status == AccountStatus::Deleted && u.purge_after.is_some_and(|p| p <= now)
-            });
-        if due.is_none() {
-            return Ok(false);
+        let erased = transact!(self, |tx| {
+            let due = store::lock_user(tx, user_id, self.db.dialect())
+                .await?
+                .is_some_and(|u| {
+                    u.status == AccountStatus::Deleted && u.purge_after.is_some_and(|p| p <= now)
+                });
+            if due {
+                store::erase_user(tx, user_id).await?;
+                self.record_event(tx, user_id, types::PURGED, json!({"user_id": user_id}))
+                    .await?;
+                self.sessions.revoke_all(user_id, None, now).await?;
+            }
+            due
+        })?;
+        if erased {
+            self.revoke_after_commit(user_id, None).await;
+            tracing::info!(%user_id, "account erased");
         }
-        store::erase_user(&mut tx, user_id).await?;
-        self.record_event(&mut tx, user_id, types::PURGED, json!({"user_id": user_id}))
-            .await?;
-        self.sessions.revoke_all(user_id, None, now).await?;
-        tx.commit().await?;
-        self.revoke_after_commit(user_id, None).await;
-        tracing::info!(%user_id, "account erased");
-        Ok(true)
+        Ok(erased)
     }
 
     /// Everything held about the caller.

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use dt_users_domain::{AccountStatus, Email, User};
 use dt_users_store::{self as store, AnyConnection, TokenPurpose};
 
+use super::transaction::transact;
 use super::{App, ServiceError};
 use crate::email::EmailKind;
 use crate::events::types;
@@ -102,45 +103,45 @@ impl App {
     #[tracing::instrument(skip_all)]
     pub async fn confirm_email_change(&self, token: &str) -> Result<User, ServiceError> {
         let now = self.now();
-        let mut tx = self.db.begin_write().await?;
-        let live = self
-            .lock_token_owner(&mut tx, token, TokenPurpose::ConfirmEmailChange)
+        let user = transact!(self, |tx| {
+            let live = self
+                .lock_token_owner(tx, token, TokenPurpose::ConfirmEmailChange)
+                .await?;
+            let mut user = live
+                .user
+                .filter(|u| u.status == AccountStatus::Active)
+                .ok_or(ServiceError::InvalidEmailToken)?;
+            let address = user
+                .pending_email
+                .take()
+                .filter(|p| p.lookup_key() == Email::lookup_key_of(&live.sent_to))
+                .ok_or(ServiceError::InvalidEmailToken)?;
+            // Someone registered the address meanwhile, or it may go back to its former owner.
+            if store::address_reserved(tx, &address.lookup_key(), Some(user.id), now).await? {
+                return Err(ServiceError::EmailTaken);
+            }
+            user.email = address;
+            user.email_verified = true;
+            user.updated_at = now;
+            store::update_user(tx, &user).await?;
+            // Everything sent to the old address dies with the change — but the cancel links,
+            // which exist to undo it.
+            store::revoke_email_tokens_except(
+                tx,
+                user.id,
+                Some(TokenPurpose::CancelEmailChange),
+                now,
+            )
             .await?;
-        let mut user = live
-            .user
-            .filter(|u| u.status == AccountStatus::Active)
-            .ok_or(ServiceError::InvalidEmailToken)?;
-        let address = user
-            .pending_email
-            .take()
-            .filter(|p| p.lookup_key() == Email::lookup_key_of(&live.sent_to))
-            .ok_or(ServiceError::InvalidEmailToken)?;
-        // Someone registered the address meanwhile, or it may go back to its former owner.
-        if store::address_reserved(&mut tx, &address.lookup_key(), Some(user.id), now).await? {
-            return Err(ServiceError::EmailTaken);
-        }
-        user.email = address;
-        user.email_verified = true;
-        user.updated_at = now;
-        store::update_user(&mut tx, &user).await?;
-        // Everything sent to the old address dies with the change — but the cancel links,
-        // which exist to undo it.
-        store::revoke_email_tokens_except(
-            &mut tx,
-            user.id,
-            Some(TokenPurpose::CancelEmailChange),
-            now,
-        )
-        .await?;
-        self.record_event(
-            &mut tx,
-            user.id,
-            types::EMAIL_VERIFIED,
-            serde_json::json!({"user_id": user.id}),
-        )
-        .await?;
-        tx.commit().await?;
-        self.outbox_committed();
+            self.record_event(
+                tx,
+                user.id,
+                types::EMAIL_VERIFIED,
+                serde_json::json!({"user_id": user.id}),
+            )
+            .await?;
+            user
+        })?;
         tracing::info!(user_id = %user.id, "email change confirmed");
         Ok(user)
     }
@@ -151,46 +152,47 @@ impl App {
     #[tracing::instrument(skip_all)]
     pub async fn cancel_email_change(&self, token: &str) -> Result<CancelOutcome, ServiceError> {
         let now = self.now();
-        let mut tx = self.db.begin_write().await?;
-        let live = self
-            .lock_token_owner(&mut tx, token, TokenPurpose::CancelEmailChange)
-            .await?;
-        // A deleted account is reverted too: its old owner can then ask for the restoration
-        // email at the address that is theirs again.
-        let mut user = live.user.ok_or(ServiceError::InvalidEmailToken)?;
-        let old_key = Email::lookup_key_of(&live.sent_to);
-        if user.email.lookup_key() == old_key {
-            // Not confirmed (yet): drop the change.
-            self.drop_pending_email_change(&mut tx, &user).await?;
-            if user.pending_email.take().is_some() {
+        let (user_id, outcome) = transact!(self, |tx| {
+            let live = self
+                .lock_token_owner(tx, token, TokenPurpose::CancelEmailChange)
+                .await?;
+            // A deleted account is reverted too: its old owner can then ask for the
+            // restoration email at the address that is theirs again.
+            let mut user = live.user.ok_or(ServiceError::InvalidEmailToken)?;
+            let old_key = Email::lookup_key_of(&live.sent_to);
+            if user.email.lookup_key() == old_key {
+                // Not confirmed (yet): drop the change.
+                self.drop_pending_email_change(tx, &user).await?;
+                if user.pending_email.take().is_some() {
+                    user.updated_at = now;
+                    store::update_user(tx, &user).await?;
+                }
+                (user.id, CancelOutcome::Cancelled)
+            } else {
+                // Confirmed already: whoever confirmed it may hold the account. The old
+                // address comes back (its owner has just shown they read it), and everything
+                // else ends.
+                if store::user_by_email(tx, &old_key)
+                    .await?
+                    .is_some_and(|other| other.id != user.id)
+                {
+                    return Err(ServiceError::EmailTaken);
+                }
+                user.email = Email::from_trusted(live.sent_to);
+                user.email_verified = true;
+                user.pending_email = None;
                 user.updated_at = now;
-                store::update_user(&mut tx, &user).await?;
+                store::update_user(tx, &user).await?;
+                store::revoke_email_tokens_except(tx, user.id, None, now).await?;
+                let ended = self.sessions.revoke_all(user.id, None, now).await?;
+                self.record_sessions_revoked(tx, user.id, &ended).await?;
+                (user.id, CancelOutcome::Reverted)
             }
-            tx.commit().await?;
-            tracing::info!(user_id = %user.id, "email change cancelled");
-            return Ok(CancelOutcome::Cancelled);
+        })?;
+        if outcome == CancelOutcome::Reverted {
+            self.revoke_after_commit(user_id, None).await;
         }
-        // Confirmed already: whoever confirmed it may hold the account. The old address comes
-        // back (its owner has just shown they read it), and everything else ends.
-        if store::user_by_email(&mut tx, &old_key)
-            .await?
-            .is_some_and(|other| other.id != user.id)
-        {
-            return Err(ServiceError::EmailTaken);
-        }
-        user.email = Email::from_trusted(live.sent_to);
-        user.email_verified = true;
-        user.pending_email = None;
-        user.updated_at = now;
-        store::update_user(&mut tx, &user).await?;
-        store::revoke_email_tokens_except(&mut tx, user.id, None, now).await?;
-        let ended = self.sessions.revoke_all(user.id, None, now).await?;
-        self.record_sessions_revoked(&mut tx, user.id, &ended)
-            .await?;
-        tx.commit().await?;
-        self.outbox_committed();
-        self.revoke_after_commit(user.id, None).await;
-        tracing::info!(user_id = %user.id, sessions = ended.len(), "email change reverted");
-        Ok(CancelOutcome::Reverted)
+        tracing::info!(%user_id, outcome = outcome.as_str(), "email change cancelled");
+        Ok(outcome)
     }
 }

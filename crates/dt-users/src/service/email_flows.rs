@@ -10,6 +10,7 @@ use dt_users_store::{self as store, AnyConnection, NewOutboxRow, OutboxKind, Tok
 use uuid::Uuid;
 
 use super::accounts::into_field_error;
+use super::transaction::transact;
 use super::{App, ServiceError};
 use crate::email::{EmailIntent, EmailKind};
 use crate::events::types;
@@ -103,6 +104,7 @@ impl App {
             to: to.to_owned(),
             name: greeting(user),
             params,
+            token_key: token.map(|_| self.email_tokens.current_key_id().to_owned()),
         };
         if let Some(EmailToken { purpose, not_after }) = token {
             let token = self.email_tokens.token_for(intent.id);
@@ -157,57 +159,54 @@ impl App {
             &user.email.lookup_key(),
         )
         .await?;
-        let mut tx = self.db.begin_write().await?;
-        let user = store::lock_user(&mut tx, subject.user_id, self.db.dialect())
-            .await?
-            .filter(|u| u.status == AccountStatus::Active)
-            .ok_or(ServiceError::SessionRevoked)?;
-        if user.email_verified {
-            return Ok(());
-        }
-        store::revoke_email_tokens(&mut tx, user.id, TokenPurpose::VerifyEmail, self.now()).await?;
-        let to = user.email.as_str().to_owned();
-        self.queue_email(
-            &mut tx,
-            EmailKind::VerifyEmail,
-            &user,
-            &to,
-            Some(TokenPurpose::VerifyEmail.into()),
-            BTreeMap::new(),
-        )
-        .await?;
-        tx.commit().await?;
-        self.outbox_committed();
-        Ok(())
+        transact!(self, |tx| {
+            let user = store::lock_user(tx, subject.user_id, self.db.dialect())
+                .await?
+                .filter(|u| u.status == AccountStatus::Active)
+                .ok_or(ServiceError::SessionRevoked)?;
+            if !user.email_verified {
+                store::revoke_email_tokens(tx, user.id, TokenPurpose::VerifyEmail, self.now())
+                    .await?;
+                self.queue_email(
+                    tx,
+                    EmailKind::VerifyEmail,
+                    &user,
+                    user.email.as_str(),
+                    Some(TokenPurpose::VerifyEmail.into()),
+                    BTreeMap::new(),
+                )
+                .await?;
+            }
+        })
     }
 
     /// Confirms an address with the token emailed to it. The token must have been sent to
     /// the account's current address.
     #[tracing::instrument(skip_all)]
     pub async fn verify_email(&self, token: &str) -> Result<User, ServiceError> {
-        let now = self.now();
-        let mut tx = self.db.begin_write().await?;
-        let live = self
-            .lock_token_owner(&mut tx, token, TokenPurpose::VerifyEmail)
-            .await?;
-        let sent_to = Email::lookup_key_of(&live.sent_to);
-        let mut user = live
-            .user
-            .filter(|u| u.status == AccountStatus::Active && u.email.lookup_key() == sent_to)
-            .ok_or(ServiceError::InvalidEmailToken)?;
-        if !user.email_verified {
-            user.email_verified = true;
-            user.updated_at = now;
-            store::update_user(&mut tx, &user).await?;
-            self.record_event(
-                &mut tx,
-                user.id,
-                types::EMAIL_VERIFIED,
-                serde_json::json!({"user_id": user.id}),
-            )
-            .await?;
-        }
-        tx.commit().await?;
+        let user = transact!(self, |tx| {
+            let live = self
+                .lock_token_owner(tx, token, TokenPurpose::VerifyEmail)
+                .await?;
+            let sent_to = Email::lookup_key_of(&live.sent_to);
+            let mut user = live
+                .user
+                .filter(|u| u.status == AccountStatus::Active && u.email.lookup_key() == sent_to)
+                .ok_or(ServiceError::InvalidEmailToken)?;
+            if !user.email_verified {
+                user.email_verified = true;
+                user.updated_at = self.now();
+                store::update_user(tx, &user).await?;
+                self.record_event(
+                    tx,
+                    user.id,
+                    types::EMAIL_VERIFIED,
+                    serde_json::json!({"user_id": user.id}),
+                )
+                .await?;
+            }
+            user
+        })?;
         tracing::info!(user_id = %user.id, "email verified");
         Ok(user)
     }
@@ -253,30 +252,26 @@ impl App {
     }
 
     async fn send_password_reset(&self, email_key: &str) -> Result<(), ServiceError> {
-        let mut tx = self.db.begin_write().await?;
-        let Some(user) = self
-            .lock_user_by_email(&mut tx, email_key)
-            .await?
-            .filter(|u| u.status == AccountStatus::Active)
-        else {
-            return Ok(());
-        };
-        store::revoke_email_tokens(&mut tx, user.id, TokenPurpose::ResetPassword, self.now())
-            .await?;
-        let to = user.email.as_str().to_owned();
-        self.queue_email(
-            &mut tx,
-            EmailKind::PasswordReset,
-            &user,
-            &to,
-            Some(TokenPurpose::ResetPassword.into()),
-            BTreeMap::new(),
-        )
-        .await?;
-        tx.commit().await?;
-        self.outbox_committed();
-        tracing::info!(user_id = %user.id, "password reset requested");
-        Ok(())
+        transact!(self, |tx| {
+            let user = self
+                .lock_user_by_email(tx, email_key)
+                .await?
+                .filter(|u| u.status == AccountStatus::Active);
+            if let Some(user) = user {
+                store::revoke_email_tokens(tx, user.id, TokenPurpose::ResetPassword, self.now())
+                    .await?;
+                self.queue_email(
+                    tx,
+                    EmailKind::PasswordReset,
+                    &user,
+                    user.email.as_str(),
+                    Some(TokenPurpose::ResetPassword.into()),
+                    BTreeMap::new(),
+                )
+                .await?;
+                tracing::info!(user_id = %user.id, "password reset requested");
+            }
+        })
     }
 
     /// Sets a new password with a reset token; every session of the user ends.
@@ -316,25 +311,24 @@ impl App {
         };
         let password_hash = self.hasher.hash(password.secret().clone()).await?;
 
-        let now = self.now();
-        let mut tx = self.db.begin_write().await?;
-        // The token is bound to the address it was sent to: an email change since kills it.
-        let mut user = self
-            .lock_token_owner(&mut tx, token, TokenPurpose::ResetPassword)
-            .await?
-            .user
-            .filter(|u| {
-                u.id == live.user_id
-                    && u.status == AccountStatus::Active
-                    && u.email.lookup_key() == sent_to
-            })
-            .ok_or(ServiceError::InvalidEmailToken)?;
-        user.password_hash = password_hash;
-        user.updated_at = now;
-        store::update_user(&mut tx, &user).await?;
-        self.after_password_change(&mut tx, &user, None).await?;
-        tx.commit().await?;
-        self.outbox_committed();
+        let user = transact!(self, |tx| {
+            // The token is bound to the address it was sent to: an email change since kills it.
+            let mut user = self
+                .lock_token_owner(tx, token, TokenPurpose::ResetPassword)
+                .await?
+                .user
+                .filter(|u| {
+                    u.id == live.user_id
+                        && u.status == AccountStatus::Active
+                        && u.email.lookup_key() == sent_to
+                })
+                .ok_or(ServiceError::InvalidEmailToken)?;
+            user.password_hash = password_hash.clone();
+            user.updated_at = self.now();
+            store::update_user(tx, &user).await?;
+            self.after_password_change(tx, &user, None).await?;
+            user
+        })?;
         self.revoke_after_commit(user.id, None).await;
         tracing::info!(user_id = %user.id, "password reset");
         Ok(())
@@ -353,9 +347,15 @@ impl App {
         let now = self.now();
         store::revoke_email_tokens(conn, user.id, TokenPurpose::ResetPassword, now).await?;
         let params = BTreeMap::from([("changed_at".to_owned(), now.to_rfc3339())]);
-        let to = user.email.as_str().to_owned();
-        self.queue_email(conn, EmailKind::PasswordChanged, user, &to, None, params)
-            .await?;
+        self.queue_email(
+            conn,
+            EmailKind::PasswordChanged,
+            user,
+            user.email.as_str(),
+            None,
+            params,
+        )
+        .await?;
         let ended = self.sessions.revoke_all(user.id, keep, now).await?;
         self.record_sessions_revoked(conn, user.id, &ended).await?;
         tracing::info!(user_id = %user.id, sessions = ended.len(), "password changed; sessions ended");

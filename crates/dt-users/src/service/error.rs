@@ -52,8 +52,19 @@ pub enum ServiceError {
     Overloaded,
     #[error("a dependency is unavailable: {0}")]
     Unavailable(String),
+    /// The database refused for a passing reason (deadlock, lock wait, failover); the
+    /// transaction rolled back whole and may be run again.
+    #[error("the database is busy: {0}")]
+    Busy(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl ServiceError {
+    /// True when the failed transaction may succeed if run again.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Self::Busy(_))
+    }
 }
 
 impl From<StoreError> for ServiceError {
@@ -62,6 +73,7 @@ impl From<StoreError> for ServiceError {
             StoreError::Conflict(Conflict::Email) => Self::EmailTaken,
             StoreError::Conflict(Conflict::Username) => Self::UsernameTaken,
             StoreError::Unavailable(e) => Self::Unavailable(format!("database: {e}")),
+            StoreError::Busy(e) => Self::Busy(format!("database: {e}")),
             other => Self::Internal(other.to_string()),
         }
     }

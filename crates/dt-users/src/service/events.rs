@@ -1,10 +1,13 @@
-//! The domain events use-cases record in the outbox, in their own transaction.
+//! The domain events use-cases record in the outbox, in their own transaction — and the
+//! announcements of ended sessions, which must not wait for the database.
 
-use dt_users_domain::User;
+use dt_users_domain::{Timestamp, User};
 use dt_users_store::{self as store, AnyConnection, NewOutboxRow, OutboxKind};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::transaction::transact;
 use super::{App, ServiceError};
 use crate::events::types;
 
@@ -20,6 +23,41 @@ pub(super) fn public_user_json(user: &User) -> serde_json::Value {
     })
 }
 
+fn event_row(user_id: Uuid, event_type: &str, data: &serde_json::Value) -> NewOutboxRow {
+    NewOutboxRow {
+        id: Uuid::now_v7(),
+        kind: OutboxKind::Event,
+        name: event_type.to_owned(),
+        user_id,
+        payload: data.to_string(),
+    }
+}
+
+/// An event the database could not take, kept in the session store until it can.
+#[derive(Debug, Serialize, Deserialize)]
+struct DeferredEvent {
+    id: Uuid,
+    name: String,
+    user_id: Uuid,
+    payload: String,
+    recorded_at: i64,
+}
+
+impl DeferredEvent {
+    fn row(&self) -> NewOutboxRow {
+        NewOutboxRow {
+            id: self.id,
+            kind: OutboxKind::Event,
+            name: self.name.clone(),
+            user_id: self.user_id,
+            payload: self.payload.clone(),
+        }
+    }
+}
+
+/// Deferred records moved into the outbox per call.
+const DEFERRED_BATCH: usize = 500;
+
 impl App {
     /// Records a domain event in the outbox, in the caller's transaction: it is published if
     /// and only if that transaction commits.
@@ -30,13 +68,7 @@ impl App {
         event_type: &str,
         data: serde_json::Value,
     ) -> Result<(), ServiceError> {
-        let row = NewOutboxRow {
-            id: Uuid::now_v7(),
-            kind: OutboxKind::Event,
-            name: event_type.to_owned(),
-            user_id,
-            payload: data.to_string(),
-        };
+        let row = event_row(user_id, event_type, &data);
         store::insert_outbox(conn, &row, self.now()).await?;
         if self.settings.kafka_bootstrap_servers().is_none() {
             tracing::info!(event = event_type, %user_id, event_id = %row.id, "event recorded; no Kafka configured, it stays in the outbox");
@@ -61,5 +93,69 @@ impl App {
             json!({"user_id": user_id, "session_ids": ended}),
         )
         .await
+    }
+
+    /// Announces sessions ended outside a transaction of their cause (a sign-out, a session
+    /// ended from the list, a reused refresh token, the second revocation after a commit).
+    /// They are dead in the session store already, so the database being down must not fail
+    /// the request: the event then waits in the session store, and beat moves it into the
+    /// outbox once the database is back ([`App::move_deferred_events`]).
+    pub(super) async fn announce_sessions_revoked(&self, user_id: Uuid, ended: &[Uuid]) {
+        if ended.is_empty() {
+            return;
+        }
+        let row = event_row(
+            user_id,
+            types::SESSIONS_REVOKED,
+            &json!({"user_id": user_id, "session_ids": ended}),
+        );
+        let now = self.now();
+        let Err(error) = transact!(self, |tx| {
+            store::insert_outbox(tx, &row, now).await?;
+        }) else {
+            return;
+        };
+        tracing::warn!(%user_id, error = %error, "the database did not take a sessions_revoked event; it waits in the session store");
+        let deferred = DeferredEvent {
+            id: row.id,
+            name: row.name,
+            user_id,
+            payload: row.payload,
+            recorded_at: now.as_millis(),
+        };
+        let stored = match serde_json::to_string(&deferred) {
+            Ok(record) => self.sessions.defer_event(&record).await.map_err(Into::into),
+            Err(e) => Err(ServiceError::Internal(e.to_string())),
+        };
+        match stored {
+            Ok(()) => metrics::counter!("events_deferred_total").increment(1),
+            Err(e) => {
+                tracing::error!(%user_id, error = %e, "a sessions_revoked event is lost: neither the database nor the session store took it");
+            }
+        }
+    }
+
+    /// Moves the events deferred while the database was down into the outbox, oldest first;
+    /// returns how many records were handled. Each goes in at most once (by its id), and an
+    /// account erased meanwhile gets none: its `purged` event said all there is to say.
+    pub async fn move_deferred_events(&self) -> Result<usize, ServiceError> {
+        let records = self.sessions.deferred_events(DEFERRED_BATCH).await?;
+        for record in &records {
+            match serde_json::from_str::<DeferredEvent>(record) {
+                Ok(event) => {
+                    let recorded_at = Timestamp::from_millis(event.recorded_at);
+                    transact!(self, |tx| {
+                        if store::user_by_id(tx, event.user_id).await?.is_some() {
+                            store::insert_outbox_once(tx, &event.row(), recorded_at).await?;
+                        }
+                    })?;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "an unreadable deferred event record is dropped");
+                }
+            }
+            self.sessions.forget_deferred_event(record).await?;
+        }
+        Ok(records.len())
     }
 }

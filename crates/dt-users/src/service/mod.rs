@@ -10,6 +10,8 @@ mod events;
 mod moderation;
 mod password_check;
 mod profile;
+#[macro_use]
+mod transaction;
 
 use std::sync::Arc;
 
@@ -65,7 +67,12 @@ impl App {
     ) -> Result<(), ServiceError> {
         let decision = self
             .limiter
-            .check(&limiter_key(rule, key), quota, self.now(), true)
+            .check(
+                &limiter_key(&self.email_tokens, rule, key),
+                quota,
+                self.now(),
+                true,
+            )
             .await?;
         if decision.allowed {
             return Ok(());
@@ -87,17 +94,18 @@ impl App {
     ) -> Result<(), ServiceError> {
         Ok(self
             .limiter
-            .refund(&limiter_key(rule, key), quota, self.now())
+            .refund(
+                &limiter_key(&self.email_tokens, rule, key),
+                quota,
+                self.now(),
+            )
             .await?)
     }
 }
 
-/// The limiter's key of `key` under `rule`. Keys carry client input (an email); a long one is
-/// hashed so that no request can make the limiter store much.
-pub(crate) fn limiter_key(rule: &str, key: &str) -> String {
-    if key.len() > 64 {
-        format!("{rule}:{}", crate::security::secret_token::hash_secret(key))
-    } else {
-        format!("{rule}:{key}")
-    }
+/// The limiter's key of `key` under `rule`. Keys are made of client input — addresses, IPs —
+/// so only their pseudonym is stored: nothing in the limiter's store names anyone, and no
+/// request can make it store much.
+pub(crate) fn limiter_key(pseudonyms: &EmailTokens, rule: &str, key: &str) -> String {
+    format!("{rule}:{}", pseudonyms.pseudonym(key))
 }

@@ -7,6 +7,7 @@ use dt_users_store as store;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::transaction::transact;
 use super::{App, ServiceError};
 use crate::events::types;
 
@@ -61,69 +62,80 @@ impl App {
         command: &Command,
     ) -> Result<CommandOutcome, ServiceError> {
         let now = self.now();
-        let mut tx = self.db.begin_write().await?;
-        // The id row is written first: a second delivery waits on it, then finds it.
-        if !store::record_command(&mut tx, id, command.type_name(), "applied", now).await? {
-            return Ok(CommandOutcome::AlreadyHandled);
-        }
         let user_id = command.user_id();
-        let Some(mut user) = store::lock_user(&mut tx, user_id, self.db.dialect()).await? else {
-            return Ok(CommandOutcome::Rejected("no such account".into()));
-        };
-        // A ban is kept through a deletion: the account stays deleted, and restoring it gives
-        // a banned account. Every session ends before the ban commits, and once more after.
-        let mut revoke = false;
-        match command {
-            Command::Ban { reason, .. } => {
-                if !user.banned {
-                    user.banned = true;
-                    if user.status == AccountStatus::Active {
-                        user.status = AccountStatus::Banned;
+        let (outcome, revoke) = transact!(self, |tx| {
+            // The account's row first, as every change of an account takes it; a second
+            // delivery of the command waits on it, then finds the command's id recorded.
+            let user = store::lock_user(tx, user_id, self.db.dialect()).await?;
+            let Some(mut user) = user else {
+                // Nothing is written: the consumer records the rejection once the command is
+                // safely in the DLQ.
+                let outcome = if store::command_recorded(tx, id).await? {
+                    CommandOutcome::AlreadyHandled
+                } else {
+                    CommandOutcome::Rejected("no such account".into())
+                };
+                return Ok((outcome, false));
+            };
+            if !store::record_command(tx, id, command.type_name(), "applied", now).await? {
+                return Ok((CommandOutcome::AlreadyHandled, false));
+            }
+            // A ban is kept through a deletion: the account stays deleted, and restoring it
+            // gives a banned account. Every session ends before the ban commits, and once more
+            // after.
+            let mut revoke = false;
+            match command {
+                Command::Ban { reason, .. } => {
+                    if !user.banned {
+                        user.banned = true;
+                        if user.status == AccountStatus::Active {
+                            user.status = AccountStatus::Banned;
+                        }
+                        user.updated_at = now;
+                        store::update_user(tx, &user).await?;
+                        self.record_event(
+                            tx,
+                            user_id,
+                            types::BANNED,
+                            json!({"user_id": user_id, "reason": reason}),
+                        )
+                        .await?;
+                        self.sessions.revoke_all(user_id, None, now).await?;
+                        revoke = true;
                     }
-                    user.updated_at = now;
-                    store::update_user(&mut tx, &user).await?;
-                    self.record_event(
-                        &mut tx,
-                        user_id,
-                        types::BANNED,
-                        json!({"user_id": user_id, "reason": reason}),
-                    )
-                    .await?;
-                    self.sessions.revoke_all(user_id, None, now).await?;
+                }
+                Command::Unban { .. } => {
+                    if user.banned {
+                        user.banned = false;
+                        if user.status == AccountStatus::Banned {
+                            user.status = AccountStatus::Active;
+                        }
+                        user.updated_at = now;
+                        store::update_user(tx, &user).await?;
+                        self.record_event(
+                            tx,
+                            user_id,
+                            types::UNBANNED,
+                            json!({"user_id": user_id, "reason": null}),
+                        )
+                        .await?;
+                    }
+                }
+                Command::RevokeSessions { .. } => {
+                    let ended = self.sessions.revoke_all(user_id, None, now).await?;
+                    self.record_sessions_revoked(tx, user_id, &ended).await?;
                     revoke = true;
                 }
             }
-            Command::Unban { .. } => {
-                if user.banned {
-                    user.banned = false;
-                    if user.status == AccountStatus::Banned {
-                        user.status = AccountStatus::Active;
-                    }
-                    user.updated_at = now;
-                    store::update_user(&mut tx, &user).await?;
-                    self.record_event(
-                        &mut tx,
-                        user_id,
-                        types::UNBANNED,
-                        json!({"user_id": user_id, "reason": null}),
-                    )
-                    .await?;
-                }
-            }
-            Command::RevokeSessions { .. } => {
-                let ended = self.sessions.revoke_all(user_id, None, now).await?;
-                self.record_sessions_revoked(&mut tx, user_id, &ended)
-                    .await?;
-                revoke = true;
-            }
-        }
-        tx.commit().await?;
-        self.outbox_committed();
+            (CommandOutcome::Applied, revoke)
+        })?;
         if revoke {
             self.revoke_after_commit(user_id, None).await;
         }
-        tracing::info!(%user_id, "command applied");
-        Ok(CommandOutcome::Applied)
+        if outcome == CommandOutcome::Applied {
+            tracing::info!(%user_id, "command applied");
+        }
+        Ok(outcome)
     }
 
     /// Records that command `id` was rejected (after it went to the DLQ), so that a redelivery

@@ -27,7 +27,11 @@ impl App {
         let in_flight = self.settings.password_checks_in_flight.max(1);
         let slot = self
             .limiter
-            .acquire(&limiter_key("pw_slot", account_key), in_flight, now)
+            .acquire(
+                &limiter_key(&self.email_tokens, "pw_slot", account_key),
+                in_flight,
+                now,
+            )
             .await?
             .ok_or_else(|| in_flight_refusal(in_flight))
             .inspect_err(|_| {

@@ -7,6 +7,7 @@ use dt_users_store as store;
 
 use super::accounts::into_field_error;
 use super::events::public_user_json;
+use super::transaction::transact;
 use super::{App, ServiceError};
 use crate::events::types;
 use crate::security::access_token::TokenSubject;
@@ -122,79 +123,78 @@ impl App {
 
         // Apply the patch to the row as it is now, under its lock: two concurrent changes of
         // one account never overwrite each other's fields.
-        let mut tx = self.db.begin_write().await?;
-        let mut user = store::lock_user(&mut tx, user.id, self.db.dialect())
-            .await?
-            .filter(|u| u.status == dt_users_domain::AccountStatus::Active)
-            .ok_or(ServiceError::SessionRevoked)?;
-        let before = user.clone();
-        if let Some(username) = username {
-            user.username = username;
-        }
-        let mut requested_address = None;
-        if let Some(email) = email {
-            if email.lookup_key() == user.email.lookup_key() {
-                // The same mailbox (another spelling, or the address itself): no consent is
-                // needed, and a change waiting for confirmation is dropped.
-                user.email = email;
-                if user.pending_email.take().is_some() {
-                    self.drop_pending_email_change(&mut tx, &user).await?;
-                }
-            } else {
-                requested_address = Some(email);
-            }
-        }
-        if let Some(display_name) = display_name {
-            user.display_name = display_name;
-        }
-        if let Some(bio) = bio {
-            user.bio = bio;
-        }
-        if let Some(avatar_url) = avatar_url {
-            user.avatar_url = avatar_url;
-        }
         let password_changed = new_password_hash.is_some();
-        if let Some(hash) = new_password_hash {
-            user.password_hash = hash;
-        }
-        let email_change_started = requested_address.is_some();
-        if let Some(address) = requested_address {
-            self.start_email_change(&mut tx, &mut user, address).await?;
-        }
-        let changed = user.username != before.username
-            || user.email != before.email
-            || user.pending_email != before.pending_email
-            || user.display_name != before.display_name
-            || user.bio != before.bio
-            || user.avatar_url != before.avatar_url
-            || password_changed
-            || email_change_started;
-        if !changed {
-            return Ok(user);
-        }
-        user.updated_at = self.now();
-        store::update_user(&mut tx, &user).await?;
-        let changed: Vec<&str> = [
-            ("username", user.username != before.username),
-            ("display_name", user.display_name != before.display_name),
-            ("bio", user.bio != before.bio),
-            ("avatar_url", user.avatar_url != before.avatar_url),
-        ]
-        .into_iter()
-        .filter_map(|(field, differs)| differs.then_some(field))
-        .collect();
-        if !changed.is_empty() {
-            let data = serde_json::json!({"changed": changed, "user": public_user_json(&user)});
-            self.record_event(&mut tx, user.id, types::UPDATED, data)
-                .await?;
-        }
-        // A new password ends the other sessions before the change commits.
-        if password_changed {
-            self.after_password_change(&mut tx, &user, Some(subject.session_id))
-                .await?;
-        }
-        tx.commit().await?;
-        self.outbox_committed();
+        let user = transact!(self, |tx| {
+            let mut user = store::lock_user(tx, user.id, self.db.dialect())
+                .await?
+                .filter(|u| u.status == dt_users_domain::AccountStatus::Active)
+                .ok_or(ServiceError::SessionRevoked)?;
+            let before = user.clone();
+            if let Some(username) = &username {
+                user.username = username.clone();
+            }
+            let mut requested_address = None;
+            if let Some(email) = &email {
+                if email.lookup_key() == user.email.lookup_key() {
+                    // The same mailbox (another spelling, or the address itself): no consent
+                    // is needed, and a change waiting for confirmation is dropped.
+                    user.email = email.clone();
+                    if user.pending_email.take().is_some() {
+                        self.drop_pending_email_change(tx, &user).await?;
+                    }
+                } else {
+                    requested_address = Some(email.clone());
+                }
+            }
+            if let Some(display_name) = &display_name {
+                user.display_name = display_name.clone();
+            }
+            if let Some(bio) = &bio {
+                user.bio = bio.clone();
+            }
+            if let Some(avatar_url) = &avatar_url {
+                user.avatar_url = avatar_url.clone();
+            }
+            if let Some(hash) = &new_password_hash {
+                user.password_hash = hash.clone();
+            }
+            let email_change_started = requested_address.is_some();
+            if let Some(address) = requested_address {
+                self.start_email_change(tx, &mut user, address).await?;
+            }
+            let changed = user.username != before.username
+                || user.email != before.email
+                || user.pending_email != before.pending_email
+                || user.display_name != before.display_name
+                || user.bio != before.bio
+                || user.avatar_url != before.avatar_url
+                || password_changed
+                || email_change_started;
+            if changed {
+                user.updated_at = self.now();
+                store::update_user(tx, &user).await?;
+                let public: Vec<&str> = [
+                    ("username", user.username != before.username),
+                    ("display_name", user.display_name != before.display_name),
+                    ("bio", user.bio != before.bio),
+                    ("avatar_url", user.avatar_url != before.avatar_url),
+                ]
+                .into_iter()
+                .filter_map(|(field, differs)| differs.then_some(field))
+                .collect();
+                if !public.is_empty() {
+                    let data =
+                        serde_json::json!({"changed": public, "user": public_user_json(&user)});
+                    self.record_event(tx, user.id, types::UPDATED, data).await?;
+                }
+                // A new password ends the other sessions before the change commits.
+                if password_changed {
+                    self.after_password_change(tx, &user, Some(subject.session_id))
+                        .await?;
+                }
+            }
+            user
+        })?;
         if password_changed {
             self.revoke_after_commit(user.id, Some(subject.session_id))
                 .await;

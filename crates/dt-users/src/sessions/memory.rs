@@ -1,4 +1,4 @@
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use dt_users_domain::Timestamp;
@@ -21,6 +21,8 @@ struct State {
     by_user: HashMap<Uuid, HashSet<Uuid>>,
     /// Revocation epochs, with when each was last raised.
     epochs: HashMap<Uuid, (u64, Timestamp)>,
+    /// Events of session ends the database could not take (see `SessionStore::defer_event`).
+    deferred: VecDeque<String>,
 }
 
 /// An epoch matters only to sign-ins in flight; one untouched for a day is dropped (a
@@ -203,6 +205,21 @@ impl MemorySessions {
             .filter(|r| r.session.expires_at > now)
             .map(|r| r.session.clone())
             .collect()
+    }
+
+    pub fn defer_event(&self, record: &str) {
+        self.state().deferred.push_back(record.to_owned());
+    }
+
+    pub fn deferred_events(&self, max: usize) -> Vec<String> {
+        self.state().deferred.iter().take(max).cloned().collect()
+    }
+
+    pub fn forget_deferred_event(&self, record: &str) {
+        let mut state = self.state();
+        if let Some(at) = state.deferred.iter().position(|r| r == record) {
+            state.deferred.remove(at);
+        }
     }
 
     /// How many sessions (and epochs) are held, for tests of boundedness.

@@ -191,6 +191,38 @@ impl SessionStore {
         Ok(sessions)
     }
 
+    /// Keeps the record of an event that the database could not take (a session ended while
+    /// it was down), until [`SessionStore::deferred_events`] hands it to the outbox. Ending a
+    /// session needs the session store only; its announcement can wait.
+    pub async fn defer_event(&self, record: &str) -> Result<(), SessionStoreError> {
+        match self {
+            Self::Redis(s) => s.defer_event(record).await,
+            Self::Memory(s) => {
+                s.defer_event(record);
+                Ok(())
+            }
+        }
+    }
+
+    /// The oldest deferred event records, at most `max`, oldest first.
+    pub async fn deferred_events(&self, max: usize) -> Result<Vec<String>, SessionStoreError> {
+        match self {
+            Self::Redis(s) => s.deferred_events(max).await,
+            Self::Memory(s) => Ok(s.deferred_events(max)),
+        }
+    }
+
+    /// Drops one deferred record once the outbox holds its event.
+    pub async fn forget_deferred_event(&self, record: &str) -> Result<(), SessionStoreError> {
+        match self {
+            Self::Redis(s) => s.forget_deferred_event(record).await,
+            Self::Memory(s) => {
+                s.forget_deferred_event(record);
+                Ok(())
+            }
+        }
+    }
+
     pub async fn ping(&self) -> Result<(), SessionStoreError> {
         match self {
             Self::Redis(s) => s.ping().await,

@@ -382,6 +382,46 @@ impl RedisSessions {
             .collect()
     }
 
+    /// `{prefix}:deferred-events`: events of session ends the database could not take.
+    fn deferred_key(&self) -> String {
+        format!("{}:deferred-events", self.prefix)
+    }
+
+    pub async fn defer_event(&self, record: &str) -> Result<(), SessionStoreError> {
+        let mut conn = self.conn().await?;
+        let _: i64 = redis::cmd("RPUSH")
+            .arg(self.deferred_key())
+            .arg(record)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    pub async fn deferred_events(&self, max: usize) -> Result<Vec<String>, SessionStoreError> {
+        let mut conn = self.conn().await?;
+        let last = i64::try_from(max).unwrap_or(i64::MAX).saturating_sub(1);
+        redis::cmd("LRANGE")
+            .arg(self.deferred_key())
+            .arg(0)
+            .arg(last)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    pub async fn forget_deferred_event(&self, record: &str) -> Result<(), SessionStoreError> {
+        let mut conn = self.conn().await?;
+        let _: i64 = redis::cmd("LREM")
+            .arg(self.deferred_key())
+            .arg(1)
+            .arg(record)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     pub async fn ping(&self) -> Result<(), SessionStoreError> {
         let mut conn = self.conn().await?;
         let _: String = redis::cmd("PING")
