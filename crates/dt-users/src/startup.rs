@@ -122,12 +122,17 @@ pub async fn build_app(
     let limits = Rules::from_settings(&settings).map_err(StartupError::Config)?;
     let trusted_proxies = TrustedProxies::parse(&settings.trusted_proxies)
         .map_err(|e| StartupError::Config(format!("DT_USERS_TRUSTED_PROXIES: {e}")))?;
+    if settings.rate_limit_memory_keys == 0 {
+        return Err(StartupError::Config(
+            "DT_USERS_RATE_LIMIT_MEMORY_KEYS: 0 keys would remember no request; at least 1".into(),
+        ));
+    }
     let limiter = match (&sessions, settings.rate_limit_enabled) {
         (_, false) => RateLimiter::Disabled,
         (SessionStore::Redis(redis), true) => {
             RateLimiter::redis(redis.clone(), &settings.redis_key_prefix)
         }
-        (SessionStore::Memory(_), true) => RateLimiter::memory(),
+        (SessionStore::Memory(_), true) => RateLimiter::memory(settings.rate_limit_memory_keys),
     };
     let kafka_probe = match settings.kafka_bootstrap_servers() {
         Some(bootstrap) => Some(Arc::new(
