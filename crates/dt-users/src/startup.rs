@@ -14,7 +14,7 @@ use crate::email::Mailer;
 use crate::events::{CommandConsumer, EventRelay};
 use crate::jobs::{Beat, EmailWorker, JobQueue, OutboxRelay};
 use crate::security::access_token::{AccessTokens, MAX_LEEWAY_SECS};
-use crate::security::client_ip::TrustedProxies;
+use crate::security::client_ip::{ForwardingHeader, TrustedProxies};
 use crate::security::email_token::EmailTokens;
 use crate::security::keys::SigningKeys;
 use crate::security::password_hasher::PasswordHasherPool;
@@ -125,14 +125,22 @@ pub async fn build_app(
             .ok_or_else(|| StartupError::Config("no signing key to derive email tokens".into()))?,
     };
     let limits = Rules::from_settings(&settings).map_err(StartupError::Config)?;
+    let forwarded_header = ForwardingHeader::parse(&settings.forwarded_header)
+        .map_err(|e| StartupError::Config(format!("DT_USERS_FORWARDED_HEADER: {e}")))?;
     let trusted_proxies = TrustedProxies::parse(&settings.trusted_proxies)
-        .map_err(|e| StartupError::Config(format!("DT_USERS_TRUSTED_PROXIES: {e}")))?;
+        .map_err(|e| StartupError::Config(format!("DT_USERS_TRUSTED_PROXIES: {e}")))?
+        .reading(forwarded_header);
+    if settings.rate_limit_memory_keys == 0 {
+        return Err(StartupError::Config(
+            "DT_USERS_RATE_LIMIT_MEMORY_KEYS: 0 keys would remember no request; at least 1".into(),
+        ));
+    }
     let limiter = match (&sessions, settings.rate_limit_enabled) {
         (_, false) => RateLimiter::Disabled,
         (SessionStore::Redis(redis), true) => {
             RateLimiter::redis(redis.clone(), &settings.redis_key_prefix)
         }
-        (SessionStore::Memory(_), true) => RateLimiter::memory(),
+        (SessionStore::Memory(_), true) => RateLimiter::memory(settings.rate_limit_memory_keys),
     };
     let kafka_probe = match settings.kafka_bootstrap_servers() {
         Some(bootstrap) => Some(Arc::new(

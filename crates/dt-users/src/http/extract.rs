@@ -1,11 +1,11 @@
 //! Extractors whose rejections are problem documents.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::rejection::{FormRejection, JsonRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use super::AppState;
@@ -182,28 +182,36 @@ impl FromRequestParts<AppState> for CurrentSession {
 }
 
 /// Who is calling: user agent (cleaned, cut to 256 characters) and client address (the
-/// peer's, or from `X-Forwarded-For` when the peer is a trusted proxy).
+/// peer's, or from the forwarding header when the peer is a trusted proxy), with the key its
+/// per-client limits count under.
 #[derive(Debug, Clone)]
-pub struct Client(pub ClientInfo);
+pub struct Client(pub ClientInfo, String);
 
 impl Client {
-    /// The client address as a rate-limit key.
+    /// The client address as a rate-limit key: for IPv6, its network (see
+    /// [`Rules::client_key`](crate::security::rate_limit::Rules::client_key)).
     pub fn ip_key(&self) -> &str {
-        self.0.ip.as_deref().unwrap_or("unknown")
+        &self.1
     }
 }
 
 /// The client address of a request.
-pub fn client_ip(parts: &Parts, app: &AppState) -> Option<String> {
+pub fn client_ip(parts: &Parts, app: &AppState) -> Option<IpAddr> {
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip())?;
-    let forwarded = parts
+    let lines = parts
         .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
-    Some(app.trusted_proxies.client_ip(peer, forwarded).to_string())
+        .get_all(app.trusted_proxies.header_name())
+        .iter()
+        .map(HeaderValue::as_bytes);
+    Some(app.trusted_proxies.client_ip(peer, lines))
+}
+
+/// The key the per-client limits count a request from `ip` under.
+pub fn ip_key(ip: Option<IpAddr>, app: &AppState) -> String {
+    ip.map_or_else(|| "unknown".to_owned(), |ip| app.limits.client_key(ip))
 }
 
 impl FromRequestParts<AppState> for Client {
@@ -225,6 +233,13 @@ impl FromRequestParts<AppState> for Client {
             })
             .filter(|ua| !ua.trim().is_empty());
         let ip = client_ip(parts, state);
-        Ok(Self(ClientInfo { user_agent, ip }))
+        let key = ip_key(ip, state);
+        Ok(Self(
+            ClientInfo {
+                user_agent,
+                ip: ip.map(|ip| ip.to_string()),
+            },
+            key,
+        ))
     }
 }

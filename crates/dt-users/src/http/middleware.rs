@@ -136,8 +136,8 @@ pub async fn global_rate_limit(
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
-    let ip = super::extract::client_ip(&parts, &app).unwrap_or_else(|| "unknown".to_owned());
-    if let Err(error) = app.limit("global_ip", app.limits.global_ip, &ip).await {
+    let key = super::extract::ip_key(super::extract::client_ip(&parts, &app), &app);
+    if let Err(error) = app.limit("global_ip", app.limits.global_ip, &key).await {
         return ApiError::from(error).into_response();
     }
     next.run(Request::from_parts(parts, body)).await

@@ -15,6 +15,7 @@ mod mail;
 
 mod auth_tokens;
 mod beat;
+mod client_ip;
 mod commands;
 mod deletion;
 mod email_change;

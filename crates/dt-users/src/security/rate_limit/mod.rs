@@ -1,8 +1,8 @@
 //! The rate limiter: GCRA (generic cell rate algorithm) per key, in Redis — shared by every
-//! instance, each decision one Lua script — or in process memory for the embedded default.
+//! instance, each decision one Lua script — or in process memory for the embedded default
+//! (see [`MemoryLimits`]).
 //! When Redis cannot be reached the limiter fails closed: the request is answered 503.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use dt_users_domain::Timestamp;
@@ -10,12 +10,14 @@ use redis::Script;
 
 use crate::sessions::SessionStoreError;
 
+mod memory;
 mod quota;
 
 fn unavailable(err: redis::RedisError) -> SessionStoreError {
     SessionStoreError::Unavailable(err.to_string())
 }
 
+pub use memory::MemoryLimits;
 pub use quota::{Decision, Quota, Rules, gcra};
 
 /// The same algorithm as [`gcra`], as one atomic Redis step.
@@ -71,12 +73,6 @@ pub struct Slot {
     id: String,
 }
 
-#[derive(Debug, Default)]
-pub struct MemoryLimits {
-    tats: HashMap<String, i64>,
-    slots: HashMap<String, Vec<(String, i64)>>,
-}
-
 #[derive(Clone)]
 pub enum RateLimiter {
     Redis {
@@ -111,8 +107,9 @@ impl RateLimiter {
         }
     }
 
-    pub fn memory() -> Self {
-        Self::Memory(Arc::new(Mutex::new(MemoryLimits::default())))
+    /// The in-process limiter, holding at most `max_keys` keys (see [`MemoryLimits`]).
+    pub fn memory(max_keys: usize) -> Self {
+        Self::Memory(Arc::new(Mutex::new(MemoryLimits::new(max_keys))))
     }
 
     fn memory_state(map: &Mutex<MemoryLimits>) -> std::sync::MutexGuard<'_, MemoryLimits> {
@@ -130,11 +127,7 @@ impl RateLimiter {
         match self {
             Self::Disabled => Ok(()),
             Self::Memory(map) => {
-                let mut state = Self::memory_state(map);
-                let now = now.as_millis();
-                if let Some(tat) = state.tats.get_mut(key) {
-                    *tat = (*tat - quota.emission_ms()).max(now);
-                }
+                Self::memory_state(map).refund(key, quota, now.as_millis());
                 Ok(())
             }
             Self::Redis {
@@ -170,20 +163,15 @@ impl RateLimiter {
         match self {
             Self::Disabled => Ok(Some(slot)),
             Self::Memory(map) => {
-                let mut state = Self::memory_state(map);
                 let now = now.as_millis();
-                if state.slots.len() > 100_000 {
-                    state
-                        .slots
-                        .retain(|_, held| held.iter().any(|(_, until)| *until > now));
-                }
-                let held = state.slots.entry(slot.key.clone()).or_default();
-                held.retain(|(_, until)| *until > now);
-                if held.len() >= usize::try_from(max).unwrap_or(usize::MAX) {
-                    return Ok(None);
-                }
-                held.push((slot.id.clone(), now + SLOT_TTL_MS));
-                Ok(Some(slot))
+                let taken = Self::memory_state(map).acquire(
+                    &slot.key,
+                    &slot.id,
+                    max,
+                    now,
+                    now + SLOT_TTL_MS,
+                );
+                Ok(taken.then_some(slot))
             }
             Self::Redis {
                 sessions,
@@ -211,13 +199,7 @@ impl RateLimiter {
         match self {
             Self::Disabled => Ok(()),
             Self::Memory(map) => {
-                let mut state = Self::memory_state(map);
-                if let Some(held) = state.slots.get_mut(&slot.key) {
-                    held.retain(|(id, _)| *id != slot.id);
-                    if held.is_empty() {
-                        state.slots.remove(&slot.key);
-                    }
-                }
+                Self::memory_state(map).release(&slot.key, &slot.id);
                 Ok(())
             }
             Self::Redis {
@@ -251,16 +233,7 @@ impl RateLimiter {
                 reset_ms: 0,
             }),
             Self::Memory(map) => {
-                let mut state = Self::memory_state(map);
-                let now = now.as_millis();
-                if state.tats.len() > 100_000 {
-                    state.tats.retain(|_, tat| *tat > now);
-                }
-                let (decision, new_tat) = gcra(state.tats.get(key).copied(), now, quota, consume);
-                if let Some(tat) = new_tat {
-                    state.tats.insert(key.to_owned(), tat);
-                }
-                Ok(decision)
+                Ok(Self::memory_state(map).check(key, quota, now.as_millis(), consume))
             }
             Self::Redis {
                 sessions,

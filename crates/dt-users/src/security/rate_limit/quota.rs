@@ -1,4 +1,9 @@
-//! Quotas, the GCRA decision itself, and the limits configured per rule.
+//! Quotas, the GCRA decision itself, the limits configured per rule, and the key a client
+//! address is counted under.
+
+use std::net::IpAddr;
+
+use crate::security::client_ip::ipv6_network;
 
 /// A limit: `burst` requests at once, refilled at `per_period` requests per `period_secs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +106,8 @@ pub struct Rules {
     pub refresh: Quota,
     pub email_change: Quota,
     pub global_ip: Quota,
+    /// IPv6 clients are counted per network of this many bits (1 to 128).
+    pub ipv6_prefix: u8,
 }
 
 impl Rules {
@@ -118,7 +125,30 @@ impl Rules {
             refresh: q("REFRESH", &s.rate_limit_refresh)?,
             email_change: q("EMAIL_CHANGE", &s.rate_limit_email_change)?,
             global_ip: q("GLOBAL_IP", &s.rate_limit_global_ip)?,
+            ipv6_prefix: match s.rate_limit_ipv6_prefix {
+                bits @ 1..=128 => bits,
+                bits => {
+                    return Err(format!(
+                        "DT_USERS_RATE_LIMIT_IPV6_PREFIX: {bits} is not a prefix length of 1 to 128"
+                    ));
+                }
+            },
         })
+    }
+
+    /// The key every per-client limit counts `ip` under. An IPv6 subscriber is usually given
+    /// a whole network (a /64 or more) and can take a new address from it for every request,
+    /// so IPv6 is counted per network of [`Rules::ipv6_prefix`] bits: `2001:db8:1:2::/64`.
+    /// IPv4 (and an IPv4-mapped IPv6 address) stays per address.
+    pub fn client_key(&self, ip: IpAddr) -> String {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!(
+                "{}/{}",
+                ipv6_network(v6, self.ipv6_prefix),
+                self.ipv6_prefix
+            ),
+        }
     }
 }
 
@@ -170,6 +200,43 @@ mod tests {
         for bad in ["", "10", "10/1", "0/1/1", "a/b/c", "10/1/1/1", "-1/1/1"] {
             assert!(Quota::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    fn rules(ipv6_prefix: u8) -> Result<Rules, String> {
+        Rules::from_settings(&crate::config::Settings {
+            rate_limit_ipv6_prefix: ipv6_prefix,
+            ..crate::config::Settings::default()
+        })
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_network() {
+        let rules = rules(64).unwrap();
+        let key = |s: &str| rules.client_key(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:ffff::1"), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:3::1"), "2001:db8:1:3::/64");
+        assert_eq!(key("198.51.100.7"), "198.51.100.7");
+        assert_eq!(key("::ffff:198.51.100.7"), "198.51.100.7");
+        let rules = self::rules(48).unwrap();
+        assert_eq!(
+            rules.client_key("2001:db8:1:2::1".parse().unwrap()),
+            "2001:db8:1::/48"
+        );
+        let rules = self::rules(128).unwrap();
+        assert_eq!(
+            rules.client_key("2001:db8::1".parse().unwrap()),
+            "2001:db8::1/128"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_prefix_outside_1_to_128_is_refused() {
+        for bad in [0, 129, 255] {
+            let error = rules(bad).unwrap_err();
+            assert!(error.contains("DT_USERS_RATE_LIMIT_IPV6_PREFIX"), "{error}");
+        }
+        assert!(rules(1).is_ok());
     }
 
     proptest! {
