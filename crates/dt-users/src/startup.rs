@@ -142,14 +142,21 @@ pub async fn build_app(
         }
         (SessionStore::Memory(_), true) => RateLimiter::memory(settings.rate_limit_memory_keys),
     };
-    let kafka_probe = match settings.kafka_bootstrap_servers() {
-        Some(bootstrap) => Some(Arc::new(
-            crate::events::KafkaProbe::new(bootstrap).map_err(|e| {
+    let kafka_probe =
+        match settings.kafka_bootstrap_servers() {
+            Some(bootstrap) => Some(crate::events::KafkaProbe::new(bootstrap).map_err(|e| {
                 StartupError::Config(format!("DT_USERS_KAFKA_BOOTSTRAP_SERVERS: {e}"))
-            })?,
-        )),
-        None => None,
-    };
+            })?),
+            None => None,
+        };
+    let health_quota = crate::security::rate_limit::Quota::parse(&settings.rate_limit_health_ip)
+        .map_err(|e| StartupError::Config(format!("DT_USERS_RATE_LIMIT_HEALTH_IP: {e}")))?;
+    let readiness = crate::health::Readiness::new(
+        kafka_probe,
+        health_quota,
+        settings.rate_limit_memory_keys,
+        settings.health_token.clone(),
+    );
     Ok(Arc::new(App {
         settings,
         db,
@@ -162,7 +169,7 @@ pub async fn build_app(
         limiter,
         limits,
         trusted_proxies,
-        kafka_probe,
+        readiness,
     }))
 }
 

@@ -171,14 +171,19 @@ mod tests {
     #[test]
     fn addresses_are_taken_out_of_server_replies() {
         assert_eq!(
-            without_addresses("permanent error (550): 5.1.1 <bob@example.com>: Recipient address rejected"),
+            without_addresses(
+                "permanent error (550): 5.1.1 <bob@example.com>: Recipient address rejected"
+            ),
             "permanent error (550): 5.1.1 <[address]>: Recipient address rejected"
         );
         assert_eq!(
             without_addresses("user jos\u{e9}@b\u{fc}cher.de unknown, also x@y.z"),
             "user [address] unknown, also [address]"
         );
-        assert_eq!(without_addresses("connection refused"), "connection refused");
+        assert_eq!(
+            without_addresses("connection refused"),
+            "connection refused"
+        );
         assert_eq!(without_addresses("@"), "[address]");
     }
 

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::relay::{ensure_topics, producer_config};
-use crate::service::{App, Command, CommandOutcome};
+use crate::service::{App, Command, CommandOutcome, ServiceError};
 
 /// Reads `devtalk.users.commands` in a consumer group and applies each command once. An
 /// offset is committed only after the command's effect is durable; a message that cannot be
@@ -182,6 +182,13 @@ impl CommandConsumer {
     }
 
     /// Handles one message until its outcome is durable; false if shutdown came first.
+    ///
+    /// A command that fails for a passing reason (a deadlock, a lock wait, a dependency down)
+    /// is tried up to `DT_USERS_COMMAND_MAX_ATTEMPTS` times with a growing pause; one that
+    /// still fails goes to the DLQ with the reason, and the partition moves on — a poison
+    /// command must not hold up every command behind it. An outage is not the command's
+    /// fault, though: while the database or the session store is down, the command waits for
+    /// it instead of being dead-lettered. Any other failure goes to the DLQ at once.
     async fn handle(
         &self,
         message: &BorrowedMessage<'_>,
@@ -191,9 +198,15 @@ impl CommandConsumer {
             Ok(parsed) => parsed,
             Err(reason) => return self.dead_letter(message, &reason, shutdown).await,
         };
-        let mut failures: u32 = 0;
-        loop {
-            match self.app.apply_command(&id, &command).await {
+        let max_attempts = self.app.settings.command_max_attempts.max(1);
+        let mut attempts: u32 = 0;
+        let mut pauses: u32 = 0;
+        // Why the command goes to the DLQ, and whether that is final for its id: an unknown
+        // account is (a redelivery is recognised and not dead-lettered twice); a failure is
+        // not, so that the command can be sent again, with its id, once the cause is fixed.
+        let (rejection, final_for_id) = loop {
+            attempts = attempts.saturating_add(1);
+            let error = match self.app.apply_command(&id, &command).await {
                 Ok(CommandOutcome::Applied) => {
                     metrics::counter!("commands_total", "type" => command.type_name(), "outcome" => "applied").increment(1);
                     return true;
@@ -203,32 +216,52 @@ impl CommandConsumer {
                     tracing::info!(command_id = %id, "command already handled; delivery ignored");
                     return true;
                 }
-                Ok(CommandOutcome::Rejected(reason)) => {
-                    if !self.dead_letter(message, &reason, shutdown).await {
-                        return false;
-                    }
-                    if let Err(e) = self
-                        .app
-                        .record_rejected_command(&id, command.type_name())
-                        .await
-                    {
-                        tracing::warn!(error = %e, "rejected command not recorded");
-                    }
-                    return true;
-                }
-                Err(e) => {
-                    // The database or Redis is down: keep the offset, retry the same command.
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(command_id = %id, error = %e, failures, "command not applied yet; retrying");
-                    let wait = Duration::from_millis(200 * (1_u64 << failures.min(7)))
-                        .min(Duration::from_secs(15));
-                    tokio::select! {
-                        _ = shutdown.wait_for(|stop| *stop) => return false,
-                        () = tokio::time::sleep(wait) => {}
-                    }
-                }
+                Ok(CommandOutcome::Rejected(reason)) => break (reason, true),
+                Err(error) => error,
+            };
+            let passing = matches!(error, ServiceError::Busy(_) | ServiceError::Unavailable(_));
+            if !passing {
+                break (format!("cannot be applied: {error}"), false);
             }
+            if attempts >= max_attempts {
+                if !self.dependencies_down().await {
+                    break (
+                        format!("not applied after {attempts} attempts: {error}"),
+                        false,
+                    );
+                }
+                tracing::warn!(command_id = %id, error = %error, "a dependency is down; the command waits for it");
+            } else {
+                tracing::warn!(command_id = %id, error = %error, attempts, "command not applied yet; retrying");
+            }
+            pauses = pauses.saturating_add(1);
+            let wait =
+                Duration::from_millis(200 * (1_u64 << pauses.min(7))).min(Duration::from_secs(15));
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return false,
+                () = tokio::time::sleep(wait) => {}
+            }
+        };
+        metrics::counter!("commands_total", "type" => command.type_name(), "outcome" => "rejected")
+            .increment(1);
+        if !self.dead_letter(message, &rejection, shutdown).await {
+            return false;
         }
+        if final_for_id
+            && let Err(e) = self
+                .app
+                .record_rejected_command(&id, command.type_name())
+                .await
+        {
+            tracing::warn!(error = %e, "rejected command not recorded");
+        }
+        true
+    }
+
+    /// True when the database or the session store does not answer: then every command would
+    /// fail alike, and none of them is to blame.
+    async fn dependencies_down(&self) -> bool {
+        self.app.db.ping().await.is_err() || self.app.sessions.ping().await.is_err()
     }
 
     /// Sends the message to the DLQ with the reason in headers; retried until it is stored.

@@ -22,17 +22,13 @@ impl KafkaProbe {
         Ok(Self(Arc::new(producer)))
     }
 
-    /// A metadata round trip, off the async workers (the client call blocks).
-    pub async fn ping(&self) -> Result<(), String> {
-        let client = self.0.clone();
-        tokio::task::spawn_blocking(move || {
-            client
-                .client()
-                .fetch_metadata(None, Duration::from_secs(2))
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()))
+    /// A metadata round trip. It blocks the calling thread for up to `timeout`: call it from a
+    /// thread of its own (see `health`), never from the async workers or the blocking pool.
+    pub fn check(&self, timeout: Duration) -> Result<(), String> {
+        self.0
+            .client()
+            .fetch_metadata(None, timeout)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }

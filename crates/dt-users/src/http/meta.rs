@@ -4,11 +4,14 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::AppState;
+use super::extract::Client;
+use super::problem::ApiError;
+use crate::health::Report;
 
 /// The public keys that verify access tokens (RFC 7517).
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "meta",
@@ -29,6 +32,7 @@ pub struct Health {
     /// Each dependency: `up` or `down`, with the backend in use.
     pub checks: BTreeMap<&'static str, Check>,
     /// Side effects waiting in the outbox (informational; they never make the check fail).
+    /// Shown to callers with the health token, and on the ops port.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outbox: Option<BTreeMap<&'static str, OutboxBacklog>>,
 }
@@ -45,23 +49,43 @@ pub struct OutboxBacklog {
 pub struct Check {
     pub status: &'static str,
     pub backend: &'static str,
+    /// Why it is down; shown to callers with the health token, and on the ops port.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-impl Check {
-    fn of<E: std::fmt::Display>(backend: &'static str, result: Result<(), E>) -> Self {
-        match result {
-            Ok(()) => Self {
-                status: "up",
-                backend,
-                error: None,
-            },
-            Err(e) => Self {
-                status: "down",
-                backend,
-                error: Some(e.to_string()),
-            },
+impl Health {
+    /// The view of `report`; with `details`, the errors and the outbox backlog too. Driver
+    /// errors name hosts, users and schemas: not for anyone who asks.
+    fn of(report: &Report, details: bool) -> Self {
+        let checks = report
+            .checks
+            .iter()
+            .map(|(name, check)| {
+                let view = Check {
+                    status: if check.error.is_none() { "up" } else { "down" },
+                    backend: check.backend,
+                    error: check.error.clone().filter(|_| details),
+                };
+                (*name, view)
+            })
+            .collect();
+        let outbox = report.outbox.as_ref().filter(|_| details).map(|outbox| {
+            outbox
+                .iter()
+                .map(|(name, backlog)| {
+                    let view = OutboxBacklog {
+                        pending: backlog.pending,
+                        oldest_age_seconds: backlog.oldest_age_seconds,
+                    };
+                    (*name, view)
+                })
+                .collect()
+        });
+        Self {
+            status: if report.all_up() { "ok" } else { "unavailable" },
+            checks,
+            outbox,
         }
     }
 }
@@ -78,29 +102,43 @@ pub async fn live() -> Json<Health> {
 }
 
 /// The process can serve: every dependency answers. 503 when one does not.
+///
+/// Measured at most every 2 s. With `Authorization: Bearer <DT_USERS_HEALTH_TOKEN>` the report
+/// also gives each error and the outbox backlog; without it, calls are limited per client
+/// address.
 #[utoipa::path(get, path = "/health/ready", tag = "meta",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
-pub async fn ready(State(app): State<AppState>) -> Response {
-    let (database, sessions, kafka) =
-        tokio::join!(app.db.ping(), app.sessions.ping(), kafka_ping(&app));
-    let mut checks = BTreeMap::new();
-    checks.insert("database", Check::of(app.db.dialect().name(), database));
-    checks.insert("sessions", Check::of(app.sessions.backend(), sessions));
-    if let Some(kafka) = kafka {
-        checks.insert("kafka", Check::of("kafka", kafka));
+pub async fn ready(State(app): State<AppState>, client: Client, headers: HeaderMap) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let details = app.readiness.authorizes(presented);
+    if !details && !app.readiness.admit(client.ip_key(), app.now()).await {
+        return ApiError::for_status(StatusCode::TOO_MANY_REQUESTS)
+            .detail("Too many readiness checks; try again in a second.")
+            .retry_after(1)
+            .into_response();
     }
-    let all_up = checks.values().all(|c| c.status == "up");
-    let status = if all_up {
+    readiness_response(&app, details).await
+}
+
+/// `/health/ready` of the ops port of a background role: always with details, never limited
+/// (the port is an operator's, not the public's).
+pub async fn ready_with_details(State(app): State<AppState>) -> Response {
+    readiness_response(&app, true).await
+}
+
+async fn readiness_response(app: &AppState, details: bool) -> Response {
+    let report = app.readiness.report(app).await;
+    let status = if report.all_up() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = Health {
-        status: if all_up { "ok" } else { "unavailable" },
-        checks,
-        outbox: outbox_backlog(&app).await,
-    };
-    let mut response = (status, Json(body)).into_response();
+    let mut response = (status, Json(Health::of(&report, details))).into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -120,31 +158,4 @@ pub async fn metrics() -> Response {
         body,
     )
         .into_response()
-}
-
-/// Whether the configured Kafka answers a metadata request (None: Kafka is not configured).
-async fn kafka_ping(app: &AppState) -> Option<Result<(), String>> {
-    let probe = app.kafka_probe.clone()?;
-    Some(probe.ping().await)
-}
-
-async fn outbox_backlog(app: &AppState) -> Option<BTreeMap<&'static str, OutboxBacklog>> {
-    use dt_users_store::OutboxKind;
-    let mut conn = app.db.pool().acquire().await.ok()?;
-    let now = app.now();
-    let mut backlog = BTreeMap::new();
-    for (name, kind) in [("emails", OutboxKind::Email), ("events", OutboxKind::Event)] {
-        let (pending, oldest) = dt_users_store::backlog(&mut conn, kind).await.ok()?;
-        let oldest_age_seconds = oldest.map_or(0.0, |t| {
-            (now.as_millis() - t.as_millis()).max(0) as f64 / 1000.0
-        });
-        backlog.insert(
-            name,
-            OutboxBacklog {
-                pending,
-                oldest_age_seconds,
-            },
-        );
-    }
-    Some(backlog)
 }

@@ -224,10 +224,19 @@ fn cors_layer(origins: &str) -> Option<tower_http::cors::CorsLayer> {
 pub fn ops_router(app: Arc<App>) -> Router {
     Router::new()
         .route("/health/live", axum::routing::get(meta::live))
-        .route("/health/ready", axum::routing::get(meta::ready))
+        .route(
+            "/health/ready",
+            axum::routing::get(meta::ready_with_details),
+        )
         .route("/metrics", axum::routing::get(meta::metrics))
         .with_state(AppState(app))
         .fallback(middleware::not_found)
+        .layer(
+            ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(middleware::observe))
+                .layer(axum::middleware::from_fn(middleware::problem_documents))
+                .layer(CatchPanicLayer::custom(middleware::panic_response)),
+        )
 }
 
 /// The complete application: routes, docs, and the layers every request passes.

@@ -94,6 +94,12 @@ impl ApiError {
         self
     }
 
+    /// Adds `Retry-After` (seconds).
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.headers.push(("retry-after", secs.to_string()));
+        self
+    }
+
     pub fn field_errors(mut self, errors: Vec<FieldError>) -> Self {
         self.errors = Some(errors);
         self

@@ -49,8 +49,8 @@ pub struct App {
     pub limiter: crate::security::rate_limit::RateLimiter,
     pub limits: crate::security::rate_limit::Rules,
     pub trusted_proxies: crate::security::client_ip::TrustedProxies,
-    /// A Kafka client for readiness checks, when Kafka is configured.
-    pub kafka_probe: Option<Arc<crate::events::KafkaProbe>>,
+    /// What `/health/ready` reports, measured at most every few seconds.
+    pub readiness: crate::health::Readiness,
 }
 
 impl App {

@@ -154,6 +154,7 @@ async fn events_written_while_kafka_is_down_arrive_when_it_is_back() {
     let app = TestApp::spawn_with(|s| {
         with_kafka(s, &bootstrap);
         s.kafka_message_timeout_ms = 2_000;
+        s.health_token = Some("a health token of the operators".into());
     })
     .await;
     let mut users = HashSet::new();
@@ -167,6 +168,7 @@ async fn events_written_while_kafka_is_down_arrive_when_it_is_back() {
     let ready = app
         .client
         .get(app.url("/health/ready"))
+        .bearer_auth("a health token of the operators")
         .send()
         .await
         .unwrap();
