@@ -59,8 +59,7 @@ type KafkaStatus = Arc<Mutex<Option<Result<(), String>>>>;
 pub struct Readiness {
     kafka: Option<KafkaStatus>,
     cached: tokio::sync::Mutex<Option<(Instant, Arc<Report>)>>,
-    limiter: RateLimiter,
-    quota: Quota,
+    limit: Option<(RateLimiter, Quota)>,
     token: Option<SecretString>,
 }
 
@@ -74,19 +73,18 @@ impl std::fmt::Debug for Readiness {
 
 impl Readiness {
     /// `kafka`: a probe when Kafka is configured, handed to a thread that asks it until this
-    /// value is dropped. `quota` limits callers without `token` (an in-process limiter: it
-    /// must keep answering while Redis is down).
+    /// value is dropped. `limit`: the quota of callers without `token` and the keys the
+    /// limiter may hold (in process memory: it must keep answering while Redis is down);
+    /// `None` when rate limits are off.
     pub fn new(
         kafka: Option<KafkaProbe>,
-        quota: Quota,
-        max_keys: usize,
+        limit: Option<(Quota, usize)>,
         token: Option<SecretString>,
     ) -> Self {
         Self {
             kafka: kafka.map(watch_kafka),
             cached: tokio::sync::Mutex::new(None),
-            limiter: RateLimiter::memory(max_keys),
-            quota,
+            limit: limit.map(|(quota, max_keys)| (RateLimiter::memory(max_keys), quota)),
             token,
         }
     }
@@ -105,8 +103,11 @@ impl Readiness {
 
     /// Counts one readiness request of a caller without the token, under its address key.
     pub async fn admit(&self, client_key: &str, now: dt_users_domain::Timestamp) -> bool {
-        self.limiter
-            .check(client_key, self.quota, now, true)
+        let Some((limiter, quota)) = &self.limit else {
+            return true;
+        };
+        limiter
+            .check(client_key, *quota, now, true)
             .await
             .is_ok_and(|d| d.allowed)
     }

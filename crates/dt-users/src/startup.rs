@@ -153,8 +153,9 @@ pub async fn build_app(
         .map_err(|e| StartupError::Config(format!("DT_USERS_RATE_LIMIT_HEALTH_IP: {e}")))?;
     let readiness = crate::health::Readiness::new(
         kafka_probe,
-        health_quota,
-        settings.rate_limit_memory_keys,
+        settings
+            .rate_limit_enabled
+            .then_some((health_quota, settings.rate_limit_memory_keys)),
         settings.health_token.clone(),
     );
     Ok(Arc::new(App {

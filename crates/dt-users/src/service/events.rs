@@ -55,6 +55,9 @@ impl DeferredEvent {
     }
 }
 
+/// How long an announcement waits for the database before it is deferred.
+const ANNOUNCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Deferred records moved into the outbox per call.
 const DEFERRED_BATCH: usize = 500;
 
@@ -110,9 +113,20 @@ impl App {
             &json!({"user_id": user_id, "session_ids": ended}),
         );
         let now = self.now();
-        let Err(error) = transact!(self, |tx| {
-            store::insert_outbox(tx, &row, now).await?;
-        }) else {
+        // A database that does not answer must not hold the answer to a sign-out for long.
+        // Should the row commit after all, the deferred copy has its id and is not added twice.
+        let recorded = tokio::time::timeout(ANNOUNCE_TIMEOUT, async {
+            transact!(self, |tx| {
+                store::insert_outbox(tx, &row, now).await?;
+            })
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(ServiceError::Unavailable(
+                "database: no answer in time".into(),
+            ))
+        });
+        let Err(error) = recorded else {
             return;
         };
         tracing::warn!(%user_id, error = %error, "the database did not take a sessions_revoked event; it waits in the session store");
