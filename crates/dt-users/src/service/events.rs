@@ -56,7 +56,7 @@ impl DeferredEvent {
 }
 
 /// How long an announcement waits for the database before it is deferred.
-const ANNOUNCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const ANNOUNCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Deferred records moved into the outbox per call.
 const DEFERRED_BATCH: usize = 500;
