@@ -33,3 +33,6 @@ mod refresh;
 mod register_login;
 mod schemathesis;
 mod ugly_input;
+
+// Rotation of emailed-token secrets, sign-outs without the database, personal data.
+mod email_token_rotation;
