@@ -36,3 +36,4 @@ mod ugly_input;
 
 // Rotation of emailed-token secrets, sign-outs without the database, personal data.
 mod email_token_rotation;
+mod sign_out_offline;
