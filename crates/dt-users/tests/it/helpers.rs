@@ -404,3 +404,152 @@ impl Drop for CuttableProxy {
         }
     }
 }
+
+/// Another instance of the service on a [`TestApp`]'s database and Redis prefix, with
+/// settings of its own (a restart with a changed configuration). Stops when dropped; the
+/// database and the keys stay the `TestApp`'s to remove.
+pub struct Instance {
+    pub base: String,
+    pub app: Arc<App>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Instance {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl TestApp {
+    /// Starts another instance with this app's settings changed by `adjust`, on its clock.
+    pub async fn another_instance(&self, adjust: impl FnOnce(&mut Settings)) -> Instance {
+        let mut settings = self.app.settings.clone();
+        adjust(&mut settings);
+        let application =
+            Application::build_with_clock(settings, "127.0.0.1", 0, Arc::new(self.clock.clone()))
+                .await
+                .unwrap();
+        let base = format!("http://{}", application.local_addr().unwrap());
+        let app = application.app();
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(application.run_until(async move {
+            let _ = rx.await;
+        }));
+        Instance {
+            base,
+            app,
+            shutdown: Some(tx),
+        }
+    }
+}
+
+/// Every Redis key matching `pattern` with everything stored under it, whatever its type
+/// (string, hash, list, set, sorted set, stream), as text.
+pub async fn redis_contents(pattern: &str) -> Vec<(String, Vec<String>)> {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    keys.sort();
+    keys.dedup();
+    let mut contents = Vec::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let values: Vec<String> = match kind.as_str() {
+            "string" => {
+                let value: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                value
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+                    .into_iter()
+                    .collect()
+            }
+            "hash" => bytes_as_text(
+                redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap(),
+            ),
+            "list" => bytes_as_text(
+                redis::cmd("LRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap(),
+            ),
+            "set" => bytes_as_text(
+                redis::cmd("SMEMBERS")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap(),
+            ),
+            "zset" => bytes_as_text(
+                redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap(),
+            ),
+            "stream" => {
+                let reply: redis::Value = redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg("-")
+                    .arg("+")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                vec![format!("{reply:?}")]
+            }
+            // Gone between SCAN and TYPE.
+            "none" => continue,
+            other => panic!("{key}: a Redis type this scan does not read: {other}"),
+        };
+        contents.push((key, values));
+    }
+    contents
+}
+
+fn bytes_as_text(values: Vec<Vec<u8>>) -> Vec<String> {
+    values
+        .into_iter()
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .collect()
+}

@@ -191,3 +191,20 @@ pub async fn spawn_with_mail(
     })
     .await
 }
+
+/// What [`spawn_with_mail`] sets, for settings built another way (a second instance): emails
+/// to `smtp_url` through the Redis job queue under the settings' prefix, the background roles
+/// in-process, quick retries.
+pub fn with_mail(s: &mut dt_users::config::Settings, smtp_url: &str) {
+    s.smtp_url = Some(smtp_url.to_owned());
+    s.jobs_url = Some(crate::helpers::redis_url());
+    s.jobs_namespace = format!("{}:jobs", s.redis_key_prefix);
+    s.run_background_in_serve = true;
+    s.relay_interval_ms = 100;
+    s.job_backoff_ms = 200;
+    s.job_backoff_max_ms = 1_000;
+    s.job_max_attempts = 40;
+    s.jobs_heartbeat_secs = 1;
+    s.jobs_missed_heartbeats = 2;
+    s.public_url = "https://devtalk.example".into();
+}

@@ -33,3 +33,8 @@ mod refresh;
 mod register_login;
 mod schemathesis;
 mod ugly_input;
+
+// Rotation of emailed-token secrets, sign-outs without the database, personal data.
+mod email_token_rotation;
+mod privacy;
+mod sign_out_offline;

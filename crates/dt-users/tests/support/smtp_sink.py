@@ -5,7 +5,8 @@ DIR/<n>.json (parsed: recipients, subject, plain and HTML parts, Message-ID) and
 
 Behaviour a test can switch on while it runs:
 - a recipient containing "transient-fail" is refused with 451 (try again later);
-- a recipient containing "permanent-fail" is refused with 550;
+- a recipient containing "permanent-fail" is refused with 550, quoting the address (as real
+  servers often do);
 - with SINK_COUNT_ONLY=1 in the environment, messages are only counted (DIR/count), for
   throughput measurements;
 - while the file DIR/delay_ms exists, DATA waits that many milliseconds before accepting, and
@@ -33,7 +34,7 @@ class Sink:
         if "transient-fail" in address:
             return "451 4.3.0 Try again later"
         if "permanent-fail" in address:
-            return "550 5.1.1 No such user"
+            return f"550 5.1.1 <{address}>: No such user"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
