@@ -120,7 +120,8 @@ pub struct TestApp {
     pub app: Arc<App>,
     pub db_name: String,
     pub redis_prefix: String,
-    shutdown: Option<oneshot::Sender<()>>,
+    /// Stops the server when the `TestApp` drops.
+    instance: Instance,
 }
 
 impl TestApp {
@@ -144,24 +145,15 @@ impl TestApp {
             .await
             .unwrap();
         let clock = ManualClock::starting_now();
-        let application =
-            Application::build_with_clock(settings, "127.0.0.1", 0, Arc::new(clock.clone()))
-                .await
-                .unwrap();
-        let base = format!("http://{}", application.local_addr().unwrap());
-        let app = application.app();
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(application.run_until(async move {
-            let _ = rx.await;
-        }));
+        let instance = Instance::start(settings, &clock).await;
         Self {
-            base,
+            base: instance.base.clone(),
             client: reqwest::Client::new(),
             clock,
-            app,
+            app: instance.app.clone(),
             db_name,
             redis_prefix,
-            shutdown: Some(tx),
+            instance,
         }
     }
 
@@ -292,9 +284,7 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        self.instance.stop();
         let db = self.db_name.clone();
         let prefix = self.redis_prefix.clone();
         let _ = std::thread::spawn(move || {
@@ -415,26 +405,10 @@ pub struct Instance {
 }
 
 impl Instance {
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-impl TestApp {
-    /// Starts another instance with this app's settings changed by `adjust`, on its clock.
-    pub async fn another_instance(&self, adjust: impl FnOnce(&mut Settings)) -> Instance {
-        let mut settings = self.app.settings.clone();
-        adjust(&mut settings);
+    /// Serves `settings` on a free port, on `clock`.
+    async fn start(settings: Settings, clock: &ManualClock) -> Self {
         let application =
-            Application::build_with_clock(settings, "127.0.0.1", 0, Arc::new(self.clock.clone()))
+            Application::build_with_clock(settings, "127.0.0.1", 0, Arc::new(clock.clone()))
                 .await
                 .unwrap();
         let base = format!("http://{}", application.local_addr().unwrap());
@@ -443,11 +417,36 @@ impl TestApp {
         tokio::spawn(application.run_until(async move {
             let _ = rx.await;
         }));
-        Instance {
+        Self {
             base,
             app,
             shutdown: Some(tx),
         }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl TestApp {
+    /// Starts another instance with this app's settings changed by `adjust`, on its clock.
+    pub async fn another_instance(&self, adjust: impl FnOnce(&mut Settings)) -> Instance {
+        let mut settings = self.app.settings.clone();
+        adjust(&mut settings);
+        Instance::start(settings, &self.clock).await
     }
 }
 

@@ -174,17 +174,7 @@ pub async fn spawn_with_mail(
 ) -> TestApp {
     let smtp_url = smtp_url.to_owned();
     TestApp::spawn_with(move |s| {
-        s.smtp_url = Some(smtp_url);
-        s.jobs_url = Some(crate::helpers::redis_url());
-        s.jobs_namespace = format!("{}:jobs", s.redis_key_prefix);
-        s.run_background_in_serve = true;
-        s.relay_interval_ms = 100;
-        s.job_backoff_ms = 200;
-        s.job_backoff_max_ms = 1_000;
-        s.job_max_attempts = 40;
-        s.jobs_heartbeat_secs = 1;
-        s.jobs_missed_heartbeats = 2;
-        s.public_url = "https://devtalk.example".into();
+        with_mail(s, &smtp_url);
         s.data_dir =
             std::env::temp_dir().join(format!("dt-users-test-{}", uuid::Uuid::new_v4().simple()));
         adjust(s);
