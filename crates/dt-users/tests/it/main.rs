@@ -17,6 +17,7 @@ mod auth_tokens;
 mod beat;
 mod client_ip;
 mod commands;
+mod database_busy;
 mod deletion;
 mod email_change;
 mod email_faults;
