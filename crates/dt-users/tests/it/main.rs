@@ -22,6 +22,7 @@ mod deletion;
 mod email_change;
 mod email_faults;
 mod email_flows;
+mod email_normalization;
 mod embedded;
 mod events;
 mod faults;
