@@ -16,6 +16,7 @@ mod mail;
 mod auth_tokens;
 mod beat;
 mod client_ip;
+mod command_records;
 mod commands;
 mod database_busy;
 mod deletion;
