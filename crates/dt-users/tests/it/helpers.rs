@@ -275,6 +275,27 @@ impl TestApp {
             .token_for(uuid::Uuid::parse_str(&id).unwrap())
     }
 
+    /// The value of the counter `name` in `/metrics`, summed over its labels; 0 before it
+    /// was first counted. The recorder is per process: nextest runs each test in its own.
+    pub async fn counter(&self, name: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub async fn current_status(&self, access_token: &str) -> StatusCode {
         self.get_auth("/api/v1/users/current", access_token)
             .await
@@ -551,4 +572,42 @@ fn bytes_as_text(values: Vec<Vec<u8>>) -> Vec<String> {
         .into_iter()
         .map(|v| String::from_utf8_lossy(&v).into_owned())
         .collect()
+}
+
+/// A SQLite database file of one test (for an app with `database_url = Some(file.url())`),
+/// removed with its WAL files when dropped. Declare it before the `TestApp`, so that the app
+/// is gone first.
+pub struct SqliteFile {
+    pub path: std::path::PathBuf,
+}
+
+impl SqliteFile {
+    /// A name in the temporary directory; the app creates the file on first connection.
+    pub fn fresh() -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "dt-users-test-{}.db",
+            uuid::Uuid::new_v4().simple()
+        ));
+        Self { path }
+    }
+
+    pub fn url(&self) -> String {
+        format!("sqlite://{}?mode=rwc", self.path.display())
+    }
+
+    /// A connection of the test's own to the file.
+    pub async fn connect(&self) -> sqlx::AnyConnection {
+        sqlx::any::install_default_drivers();
+        sqlx::AnyConnection::connect(&self.url()).await.unwrap()
+    }
+}
+
+impl Drop for SqliteFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = self.path.clone().into_os_string();
+            name.push(suffix);
+            let _ = std::fs::remove_file(name);
+        }
+    }
 }
