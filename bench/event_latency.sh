@@ -42,6 +42,7 @@ export DT_USERS_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$KPORT"
 export DT_USERS_KAFKA_IDEMPOTENCE=false
 export RUST_LOG=warn
 "$BIN" migrate
+"$BIN" kafka create-topics --partitions 1 --replication 1 >/dev/null
 
 # 1. Throughput: a backlog of events, then one relay.
 mariadb -uroot -h127.0.0.1 "$DB" -e "

@@ -9,6 +9,7 @@ use dt_users::config::Settings;
 use std::sync::Arc;
 
 use dt_users::domain::SystemClock;
+use dt_users::events::{TopicCreation, create_topics};
 use dt_users::startup::{Application, Background, Roles, build_app, open_database};
 use dt_users::telemetry;
 
@@ -51,6 +52,25 @@ enum Command {
     Relay(Ops),
     /// Apply the commands of other services from Kafka (ban, unban, revoke sessions).
     Consume(Ops),
+    /// Administer the Kafka side (with the same connection and security settings).
+    Kafka {
+        #[command(subcommand)]
+        command: KafkaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KafkaCommand {
+    /// Create the events, commands and DLQ topics; topics that exist already are left alone.
+    /// Nothing else creates them.
+    CreateTopics {
+        /// Partitions of each topic (events of one user stay on one partition, keyed by id).
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+        partitions: i32,
+        /// Replicas of each partition (the cluster must have at least as many brokers).
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+        replication: i32,
+    },
 }
 
 async fn shutdown_signal() {
@@ -111,6 +131,27 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), Box<dyn std::error::Err
             }
             background.shutdown().await;
             app.db.close().await;
+        }
+        Command::Kafka {
+            command:
+                KafkaCommand::CreateTopics {
+                    partitions,
+                    replication,
+                },
+        } => {
+            let outcomes = create_topics(&settings, partitions, replication).await?;
+            for outcome in outcomes {
+                match outcome {
+                    TopicCreation::Created(topic) => {
+                        tracing::info!(%topic, partitions, replication, "topic created");
+                        println!("created topic {topic}");
+                    }
+                    TopicCreation::AlreadyExists(topic) => {
+                        tracing::info!(%topic, "topic exists already; left as it is");
+                        println!("topic {topic} exists already; left as it is");
+                    }
+                }
+            }
         }
         Command::Migrate => {
             let db = open_database(&settings)?;

@@ -142,13 +142,10 @@ pub async fn build_app(
         }
         (SessionStore::Memory(_), true) => RateLimiter::memory(settings.rate_limit_memory_keys),
     };
-    let kafka_probe =
-        match settings.kafka_bootstrap_servers() {
-            Some(bootstrap) => Some(crate::events::KafkaProbe::new(bootstrap).map_err(|e| {
-                StartupError::Config(format!("DT_USERS_KAFKA_BOOTSTRAP_SERVERS: {e}"))
-            })?),
-            None => None,
-        };
+    let kafka_probe = match settings.kafka_bootstrap_servers() {
+        Some(_) => Some(crate::events::KafkaProbe::new(&settings).map_err(StartupError::Config)?),
+        None => None,
+    };
     let health_quota = crate::security::rate_limit::Quota::parse(&settings.rate_limit_health_ip)
         .map_err(|e| StartupError::Config(format!("DT_USERS_RATE_LIMIT_HEALTH_IP: {e}")))?;
     let readiness = crate::health::Readiness::new(
@@ -244,17 +241,12 @@ impl Background {
                 }));
             }
         }
-        if roles.relay
-            && let Some(bootstrap) = settings.kafka_bootstrap_servers()
-        {
-            let relay = EventRelay::new(app.clone(), bootstrap).map_err(StartupError::Config)?;
+        if roles.relay && settings.kafka_bootstrap_servers().is_some() {
+            let relay = EventRelay::new(app.clone()).map_err(StartupError::Config)?;
             tasks.push(tokio::spawn(relay.run(stopped.clone())));
         }
-        if roles.consume
-            && let Some(bootstrap) = settings.kafka_bootstrap_servers()
-        {
-            let consumer =
-                CommandConsumer::new(app.clone(), bootstrap).map_err(StartupError::Config)?;
+        if roles.consume && settings.kafka_bootstrap_servers().is_some() {
+            let consumer = CommandConsumer::new(app.clone()).map_err(StartupError::Config)?;
             tasks.push(tokio::spawn(consumer.run(stopped.clone())));
         }
         if roles.beat {

@@ -1,7 +1,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -9,15 +8,18 @@ use serde_json::Value;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::relay::{ensure_topics, producer_config};
+use super::client::base_config;
+use super::relay::producer_config;
 use crate::service::{App, Command, CommandOutcome, ServiceError};
+
+/// How often a consumer whose commands topic does not exist yet looks again.
+const TOPIC_RECHECK: Duration = Duration::from_secs(2);
 
 /// Reads `devtalk.users.commands` in a consumer group and applies each command once. An
 /// offset is committed only after the command's effect is durable; a message that cannot be
 /// parsed or applied goes to the DLQ with the reason in its headers, and the next one follows.
 pub struct CommandConsumer {
     app: Arc<App>,
-    bootstrap: String,
     consumer: Arc<StreamConsumer>,
     dlq: FutureProducer,
 }
@@ -25,7 +27,7 @@ pub struct CommandConsumer {
 impl std::fmt::Debug for CommandConsumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CommandConsumer")
-            .field("bootstrap", &self.bootstrap)
+            .field("topic", &self.app.settings.kafka_commands_topic)
             .finish_non_exhaustive()
     }
 }
@@ -73,34 +75,36 @@ pub fn parse_command(payload: Option<&[u8]>) -> Result<(String, Command), String
 }
 
 impl CommandConsumer {
-    pub fn new(app: Arc<App>, bootstrap: &str) -> Result<Self, String> {
+    pub fn new(app: Arc<App>) -> Result<Self, String> {
         let settings = &app.settings;
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", &settings.kafka_group_id)
-            .set("client.id", "dt-users")
+        let mut config = base_config(settings)?;
+        config
+            .set_from(
+                "group.id",
+                &settings.kafka_group_id,
+                "DT_USERS_KAFKA_GROUP_ID",
+            )
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set(
+            .set_from(
                 "session.timeout.ms",
                 settings.kafka_session_timeout_ms.to_string(),
+                "DT_USERS_KAFKA_SESSION_TIMEOUT_MS",
             )
-            .set(
+            .set_from(
                 "heartbeat.interval.ms",
                 settings.kafka_heartbeat_interval_ms.to_string(),
+                "DT_USERS_KAFKA_HEARTBEAT_INTERVAL_MS",
             )
-            .set(
+            .set_from(
                 "fetch.wait.max.ms",
                 settings.kafka_fetch_wait_max_ms.to_string(),
-            )
-            .create()
-            .map_err(|e| e.to_string())?;
-        let dlq: FutureProducer = producer_config(settings, bootstrap)
-            .create()
-            .map_err(|e| e.to_string())?;
+                "DT_USERS_KAFKA_FETCH_WAIT_MAX_MS",
+            );
+        let consumer: StreamConsumer = config.create()?;
+        let dlq: FutureProducer = producer_config(settings)?.create()?;
         Ok(Self {
             app,
-            bootstrap: bootstrap.to_owned(),
             consumer: Arc::new(consumer),
             dlq,
         })
@@ -108,15 +112,28 @@ impl CommandConsumer {
 
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let settings = &self.app.settings;
-        let topics = [
-            settings.kafka_commands_topic.as_str(),
-            settings.kafka_dlq_topic.as_str(),
-        ];
-        while let Err(e) = ensure_topics(&self.bootstrap, &topics).await {
-            tracing::warn!(error = %e, "command topics not ready; retrying");
+        // Topics are created by `dt-users kafka create-topics` only. Waiting for the commands
+        // topic before subscribing turns a missing topic into one clear warning, instead of a
+        // stream of subscription errors, and the consumer starts within seconds of its creation.
+        let mut warned = false;
+        loop {
+            match self.missing_topics().await {
+                Ok(missing) if !missing.contains(&settings.kafka_commands_topic) => {
+                    if missing.contains(&settings.kafka_dlq_topic) {
+                        tracing::warn!(topic = %settings.kafka_dlq_topic, "the DLQ topic does not exist: a command that cannot be applied will wait until it is created (`dt-users kafka create-topics`)");
+                    }
+                    break;
+                }
+                Ok(_) if !warned => {
+                    warned = true;
+                    tracing::warn!(topic = %settings.kafka_commands_topic, "the commands topic does not exist; waiting for it (create it with `dt-users kafka create-topics`)");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the cluster's topics; retrying"),
+            }
             tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => return,
-                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                () = tokio::time::sleep(TOPIC_RECHECK) => {}
             }
         }
         if let Err(e) = self.consumer.subscribe(&[&settings.kafka_commands_topic]) {
@@ -153,6 +170,33 @@ impl CommandConsumer {
             }
         }
         tracing::info!("command consumer stopped");
+    }
+
+    /// Which of the commands and DLQ topics the cluster does not have (a metadata request,
+    /// off the async workers: the client call blocks).
+    async fn missing_topics(&self) -> Result<Vec<String>, String> {
+        let consumer = self.consumer.clone();
+        let settings = &self.app.settings;
+        let wanted = [
+            settings.kafka_commands_topic.clone(),
+            settings.kafka_dlq_topic.clone(),
+        ];
+        tokio::task::spawn_blocking(move || {
+            let metadata = consumer
+                .fetch_metadata(None, Duration::from_secs(5))
+                .map_err(|e| e.to_string())?;
+            Ok(wanted
+                .into_iter()
+                .filter(|name| {
+                    !metadata
+                        .topics()
+                        .iter()
+                        .any(|t| t.name() == name && t.error().is_none())
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     /// Sets `kafka_consumer_lag`: messages of the assigned partitions not yet consumed.

@@ -1,16 +1,20 @@
 //! Events for the other Dev Talk services: recorded in the outbox by the use-cases, published
 //! to Kafka as CloudEvents 1.0 by the [`EventRelay`], in commit order per user.
 
+mod client;
 mod consumer;
 mod probe;
 mod relay;
+mod topics;
 
 use dt_users_store::OutboxRow;
 use serde_json::{Value, json};
 
+pub use client::{KafkaConfig, base_config};
 pub use consumer::{CommandConsumer, parse_command};
 pub use probe::KafkaProbe;
-pub use relay::{EventRelay, ensure_topics, producer_config};
+pub use relay::{EventRelay, producer_config, relay_lease};
+pub use topics::{TopicCreation, create_topics};
 
 /// The event types dt-users publishes (the CloudEvents `type`).
 pub mod types {

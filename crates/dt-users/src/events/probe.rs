@@ -1,8 +1,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, Producer};
+
+use super::client::base_config;
+use crate::config::Settings;
 
 /// A Kafka client used only to ask the cluster for its metadata: "is Kafka reachable?".
 pub struct KafkaProbe(Arc<BaseProducer>);
@@ -14,11 +16,10 @@ impl std::fmt::Debug for KafkaProbe {
 }
 
 impl KafkaProbe {
-    pub fn new(bootstrap: &str) -> Result<Self, String> {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .create()
-            .map_err(|e| e.to_string())?;
+    /// With the same connection and security settings as every other client, so that "up"
+    /// means the relay and the consumer can get through too.
+    pub fn new(settings: &Settings) -> Result<Self, String> {
+        let producer: BaseProducer = base_config(settings)?.create()?;
         Ok(Self(Arc::new(producer)))
     }
 

@@ -9,7 +9,7 @@ use sqlx::{Connection, Row};
 
 use crate::events::assert_valid_event;
 use crate::helpers::{PASSWORD, SIGNING_KEY, TestApp, assert_problem, mysql_server_url, redis_url};
-use crate::kafka::{Broker, produce, read_until, with_kafka};
+use crate::kafka::{Broker, create_topics, produce, read_until, with_kafka};
 
 const COMMANDS: &str = "devtalk.users.commands";
 
@@ -257,4 +257,59 @@ async fn a_consumer_killed_before_its_commit_does_not_apply_a_command_twice() {
     )
     .await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_consumer_started_before_its_topic_exists_warns_and_then_applies_commands() {
+    let broker = Broker::start_without_topics().await;
+    let bootstrap = broker.bootstrap();
+    let app = TestApp::spawn().await;
+    let user = app.register("ada@example.com", "ada").await;
+    let user_id = user["id"].as_str().unwrap().to_owned();
+    let log = std::env::temp_dir().join(format!(
+        "dt-users-consume-{}.log",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let mut consumer = std::process::Command::new(env!("CARGO_BIN_EXE_dt-users"))
+        .arg("consume")
+        .env(
+            "DT_USERS_DATABASE_URL",
+            format!("{}/{}", mysql_server_url(), app.db_name),
+        )
+        .env("DT_USERS_REDIS_URL", redis_url())
+        .env("DT_USERS_REDIS_KEY_PREFIX", &app.redis_prefix)
+        .env("DT_USERS_SIGNING_KEYS", SIGNING_KEY.as_str())
+        .env("DT_USERS_KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
+        .env("DT_USERS_KAFKA_IDEMPOTENCE", "false")
+        .env("DT_USERS_KAFKA_GROUP_ID", "group-late-topic")
+        .env("DT_USERS_KAFKA_SESSION_TIMEOUT_MS", "3000")
+        .env("DT_USERS_KAFKA_HEARTBEAT_INTERVAL_MS", "300")
+        .env("DT_USERS_KAFKA_FETCH_WAIT_MAX_MS", "50")
+        .env("RUST_LOG", "info")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(30), async || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("the commands topic does not exist")
+    })
+    .await;
+
+    create_topics(&bootstrap).await;
+    produce(
+        &bootstrap,
+        COMMANDS,
+        &user_id,
+        &command("ban-late", "devtalk.user.ban", &user_id),
+    )
+    .await;
+    wait_until(Duration::from_secs(60), async || {
+        outbox_count(&app, "devtalk.user.banned").await == 1
+    })
+    .await;
+    let _ = consumer.kill();
+    let _ = consumer.wait();
+    let _ = std::fs::remove_file(&log);
 }

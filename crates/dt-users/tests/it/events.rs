@@ -220,6 +220,8 @@ impl RelayProcess {
             .env("DT_USERS_SIGNING_KEYS", SIGNING_KEY.as_str())
             .env("DT_USERS_KAFKA_BOOTSTRAP_SERVERS", bootstrap)
             .env("DT_USERS_KAFKA_IDEMPOTENCE", "false")
+            // The lease is twice this plus 2 s: a killed relay's is taken over in 10 s.
+            .env("DT_USERS_KAFKA_MESSAGE_TIMEOUT_MS", "4000")
             .env("DT_USERS_RELAY_INTERVAL_MS", "50")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -339,4 +341,102 @@ async fn a_relay_killed_mid_batch_loses_nothing_and_duplicates_keep_their_id() {
             assert!(previous <= time, "out of order for {}", record.key);
         }
     }
+}
+
+/// Runs `dt-users kafka create-topics` against `bootstrap`; what it printed.
+fn create_topics_command(bootstrap: &str) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_dt-users"))
+        .args([
+            "kafka",
+            "create-topics",
+            "--partitions",
+            "1",
+            "--replication",
+            "1",
+        ])
+        .env("DT_USERS_KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+        .env("DT_USERS_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn topic_exists(bootstrap: &str, topic: &str) -> bool {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    consumer
+        .fetch_metadata(None, Duration::from_secs(5))
+        .unwrap()
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none())
+}
+
+#[tokio::test]
+async fn events_wait_in_the_outbox_until_their_topic_is_created() {
+    let broker = Broker::start_without_topics().await;
+    let bootstrap = broker.bootstrap();
+    let app = TestApp::spawn_with(|s| {
+        with_kafka(s, &bootstrap);
+        s.kafka_message_timeout_ms = 2_000;
+    })
+    .await;
+    let mut users = HashSet::new();
+    for i in 0..3 {
+        let user = app
+            .register(&format!("user{i}@example.com"), &format!("user{i}"))
+            .await;
+        users.insert(user["id"].as_str().unwrap().to_owned());
+    }
+    // Longer than a delivery may take: the relay's first batch has failed by now.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let report: Value = app
+        .client
+        .get(app.url("/health/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["checks"]["kafka"]["status"], "up", "{report}");
+    assert_eq!(report["outbox"]["events"]["pending"], 3, "{report}");
+    let probe = bootstrap.clone();
+    let exists = tokio::task::spawn_blocking(move || topic_exists(&probe, TOPIC))
+        .await
+        .unwrap();
+    assert!(!exists, "publishing did not create the topic");
+
+    let created = create_topics_command(&bootstrap);
+    for topic in [
+        TOPIC,
+        "devtalk.users.commands",
+        "devtalk.users.commands.dlq",
+    ] {
+        assert!(
+            created.contains(&format!("created topic {topic}\n")),
+            "{created}"
+        );
+    }
+    let again = create_topics_command(&bootstrap);
+    assert!(
+        again.contains(&format!("topic {TOPIC} exists already")),
+        "{again}"
+    );
+
+    let records = read_events(bootstrap, |r| r.len() >= 3).await;
+    let registered: HashSet<String> = records
+        .iter()
+        .filter(|r| r.value["type"] == "devtalk.user.registered")
+        .map(|r| r.key.clone())
+        .collect();
+    assert_eq!(registered, users);
 }

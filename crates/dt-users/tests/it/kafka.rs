@@ -43,23 +43,38 @@ impl Broker {
         }
     }
 
+    /// A running broker with dt-users' topics created.
     pub async fn start() -> Self {
         let mut broker = Self::reserved();
         broker.launch().await;
         broker
     }
 
+    /// A running broker without any topic.
+    pub async fn start_without_topics() -> Self {
+        let mut broker = Self::reserved();
+        broker.launch_without_topics().await;
+        broker
+    }
+
+    /// Starts the broker and creates dt-users' topics, as `dt-users kafka create-topics` does.
     pub async fn launch(&mut self) {
+        self.launch_without_topics().await;
+        create_topics(&self.bootstrap()).await;
+    }
+
+    pub async fn launch_without_topics(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        self.spawn(&["--listener-url", &url, "--advertised-listener-url", &url])
+            .await;
+    }
+
+    /// Starts tansu with `args` and waits until it accepts connections.
+    pub async fn spawn(&mut self, args: &[&str]) {
         let child = Command::new(TANSU.as_str())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--silent",
-            ])
+            .arg("broker")
+            .args(args)
+            .arg("--silent")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -80,6 +95,18 @@ impl Broker {
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+}
+
+/// Creates dt-users' default topics on `bootstrap` through the function behind
+/// `dt-users kafka create-topics`.
+pub async fn create_topics(bootstrap: &str) {
+    let settings = dt_users::config::Settings {
+        kafka_bootstrap_servers: Some(bootstrap.to_owned()),
+        ..dt_users::config::Settings::default()
+    };
+    dt_users::events::create_topics(&settings, 1, 1)
+        .await
+        .unwrap();
 }
 
 impl Drop for Broker {
@@ -107,8 +134,21 @@ pub fn read_until(
     limit: Duration,
     done: impl Fn(&[Record]) -> bool,
 ) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    read_until_with(&[("bootstrap.servers", bootstrap)], topic, limit, done)
+}
+
+/// As [`read_until`], with the client's connection and security properties given.
+pub fn read_until_with(
+    properties: &[(&str, &str)],
+    topic: &str,
+    limit: Duration,
+    done: impl Fn(&[Record]) -> bool,
+) -> Vec<Record> {
+    let mut config = ClientConfig::new();
+    for (key, value) in properties {
+        config.set(*key, *value);
+    }
+    let consumer: BaseConsumer = config
         .set(
             "group.id",
             format!("test-{}", uuid::Uuid::new_v4().simple()),
@@ -165,14 +205,20 @@ pub fn with_kafka(settings: &mut dt_users::config::Settings, bootstrap: &str) {
     settings.kafka_group_id = format!("dt-users-{}", uuid::Uuid::new_v4().simple());
 }
 
-/// Sends `payload` to `topic` (creating the topic first).
+/// Sends `payload` to `topic` (which must exist: see [`Broker::start`]).
 pub async fn produce(bootstrap: &str, topic: &str, key: &str, payload: &[u8]) {
-    dt_users::events::ensure_topics(bootstrap, &[topic])
-        .await
-        .unwrap();
-    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    produce_with(&[("bootstrap.servers", bootstrap)], topic, key, payload).await;
+}
+
+/// As [`produce`], with the client's connection and security properties given.
+pub async fn produce_with(properties: &[(&str, &str)], topic: &str, key: &str, payload: &[u8]) {
+    let mut config = ClientConfig::new();
+    for (k, v) in properties {
+        config.set(*k, *v);
+    }
+    let producer: rdkafka::producer::FutureProducer = config
         .set("enable.idempotence", "false")
+        .set("allow.auto.create.topics", "false")
         .create()
         .unwrap();
     let record = rdkafka::producer::FutureRecord::to(topic)
@@ -182,4 +228,55 @@ pub async fn produce(bootstrap: &str, topic: &str, key: &str, payload: &[u8]) {
         .send(record, Duration::from_secs(10))
         .await
         .unwrap();
+}
+
+/// A server of the test's own (a proxy in front of the broker) on a runtime of its own: a
+/// Kafka client dropped on the test's runtime blocks it until librdkafka's threads end, and
+/// those may be waiting for this very server.
+pub struct Sidecar {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sidecar {
+    /// Runs what `serve` makes of `listener` until dropped.
+    pub fn spawn<F>(
+        listener: std::net::TcpListener,
+        serve: impl FnOnce(tokio::net::TcpListener) -> F + Send + 'static,
+    ) -> Self
+    where
+        F: Future<Output = ()> + 'static,
+    {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, async move {
+                listener.set_nonblocking(true).unwrap();
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                tokio::select! {
+                    () = serve(listener) => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

@@ -28,12 +28,14 @@ mod embedded;
 mod events;
 mod faults;
 mod in_flight;
+mod kafka_security;
 mod logout_sessions;
 mod meta;
 mod profile;
 mod rate_limits;
 mod refresh;
 mod register_login;
+mod relay_lease;
 mod schemathesis;
 mod ugly_input;
 
