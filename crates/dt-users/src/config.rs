@@ -100,8 +100,8 @@ pub struct Settings {
     /// name lower-cased, `_` read as `.`), applied to every Kafka client after the above.
     #[serde(skip)]
     pub kafka_properties: Vec<(String, SecretString)>,
-    /// Attempts of a command whose application fails for a passing reason (a deadlock, a lock
-    /// wait, a dependency down) before it goes to the DLQ.
+    /// Attempts of a command the database refuses for a passing reason (a deadlock, a lock
+    /// wait) before it goes to the DLQ; while a dependency is down, commands wait instead.
     pub command_max_attempts: u32,
     /// Seconds the ids of handled commands are kept, so that a redelivery is recognised; keep it
     /// longer than the commands topic's retention.

@@ -227,12 +227,13 @@ impl CommandConsumer {
 
     /// Handles one message until its outcome is durable; false if shutdown came first.
     ///
-    /// A command that fails for a passing reason (a deadlock, a lock wait, a dependency down)
-    /// is tried up to `DT_USERS_COMMAND_MAX_ATTEMPTS` times with a growing pause; one that
-    /// still fails goes to the DLQ with the reason, and the partition moves on — a poison
-    /// command must not hold up every command behind it. An outage is not the command's
-    /// fault, though: while the database or the session store is down, the command waits for
-    /// it instead of being dead-lettered. Any other failure goes to the DLQ at once.
+    /// A command the database refuses for a passing reason (a deadlock, a lock wait: it
+    /// answered, but not yet) is tried up to `DT_USERS_COMMAND_MAX_ATTEMPTS` times with a
+    /// growing pause; one that still fails goes to the DLQ with the reason, and the partition
+    /// moves on — a poison command must not hold up every command behind it. An outage is not
+    /// the command's fault, though: while the database or the session store cannot be reached
+    /// the command waits for it, however long, without spending its attempts. Any other failure
+    /// goes to the DLQ at once.
     async fn handle(
         &self,
         message: &BorrowedMessage<'_>,
@@ -243,13 +244,12 @@ impl CommandConsumer {
             Err(reason) => return self.dead_letter(message, &reason, shutdown).await,
         };
         let max_attempts = self.app.settings.command_max_attempts.max(1);
-        let mut attempts: u32 = 0;
+        let mut refusals: u32 = 0;
         let mut pauses: u32 = 0;
         // Why the command goes to the DLQ, and whether that is final for its id: an unknown
         // account is (a redelivery is recognised and not dead-lettered twice); a failure is
         // not, so that the command can be sent again, with its id, once the cause is fixed.
         let (rejection, final_for_id) = loop {
-            attempts = attempts.saturating_add(1);
             let error = match self.app.apply_command(&id, &command).await {
                 Ok(CommandOutcome::Applied) => {
                     metrics::counter!("commands_total", "type" => command.type_name(), "outcome" => "applied").increment(1);
@@ -263,20 +263,21 @@ impl CommandConsumer {
                 Ok(CommandOutcome::Rejected(reason)) => break (reason, true),
                 Err(error) => error,
             };
-            let passing = matches!(error, ServiceError::Busy(_) | ServiceError::Unavailable(_));
-            if !passing {
-                break (format!("cannot be applied: {error}"), false);
-            }
-            if attempts >= max_attempts {
-                if !self.dependencies_down().await {
-                    break (
-                        format!("not applied after {attempts} attempts: {error}"),
-                        false,
-                    );
+            match error {
+                ServiceError::Unavailable(_) => {
+                    tracing::warn!(command_id = %id, error = %error, "a dependency is down; the command waits for it");
                 }
-                tracing::warn!(command_id = %id, error = %error, "a dependency is down; the command waits for it");
-            } else {
-                tracing::warn!(command_id = %id, error = %error, attempts, "command not applied yet; retrying");
+                ServiceError::Busy(_) => {
+                    refusals = refusals.saturating_add(1);
+                    if refusals >= max_attempts {
+                        break (
+                            format!("not applied after {refusals} attempts: {error}"),
+                            false,
+                        );
+                    }
+                    tracing::warn!(command_id = %id, error = %error, attempts = refusals, "command not applied yet; retrying");
+                }
+                other => break (format!("cannot be applied: {other}"), false),
             }
             pauses = pauses.saturating_add(1);
             let wait =
@@ -300,12 +301,6 @@ impl CommandConsumer {
             tracing::warn!(error = %e, "rejected command not recorded");
         }
         true
-    }
-
-    /// True when the database or the session store does not answer: then every command would
-    /// fail alike, and none of them is to blame.
-    async fn dependencies_down(&self) -> bool {
-        self.app.db.ping().await.is_err() || self.app.sessions.ping().await.is_err()
     }
 
     /// Sends the message to the DLQ with the reason in headers; retried until it is stored.

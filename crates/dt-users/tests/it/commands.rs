@@ -313,3 +313,210 @@ async fn a_consumer_started_before_its_topic_exists_warns_and_then_applies_comma
     let _ = consumer.wait();
     let _ = std::fs::remove_file(&log);
 }
+
+/// The DLQ's records, once there are at least `n`.
+async fn dead_letters(bootstrap: &str, n: usize) -> Vec<crate::kafka::Record> {
+    let read_from = bootstrap.to_owned();
+    tokio::task::spawn_blocking(move || {
+        read_until(
+            &read_from,
+            "devtalk.users.commands.dlq",
+            Duration::from_secs(60),
+            |r| r.len() >= n,
+        )
+    })
+    .await
+    .unwrap()
+}
+
+async fn account_status(app: &TestApp, user_id: &str) -> String {
+    sqlx::query("SELECT status FROM users WHERE id = ?")
+        .bind(user_id.to_owned())
+        .fetch_one(&mut app.db().await)
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_command_that_keeps_failing_goes_to_the_dlq_after_its_attempts_and_the_next_is_applied() {
+    let broker = Broker::start().await;
+    let bootstrap = broker.bootstrap();
+    let app = TestApp::spawn_with(|s| {
+        with_kafka(s, &bootstrap);
+        s.command_max_attempts = 3;
+        s.database_lock_timeout = 1;
+    })
+    .await;
+    let stuck = app.register("ada@example.com", "ada").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let next = app.register("bob@example.com", "bob").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Another transaction holds Ada's row for as long as the command is tried: every attempt
+    // waits out its lock and fails, though the database itself answers.
+    let mut holder = app.db().await;
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT id FROM users WHERE id = ? FOR UPDATE")
+        .bind(stuck.clone())
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+    produce(
+        &bootstrap,
+        COMMANDS,
+        &stuck,
+        &command("poison-1", "devtalk.user.ban", &stuck),
+    )
+    .await;
+    produce(
+        &bootstrap,
+        COMMANDS,
+        &stuck,
+        &command("after-1", "devtalk.user.ban", &next),
+    )
+    .await;
+
+    let dlq = dead_letters(&bootstrap, 1).await;
+    assert_eq!(dlq.len(), 1);
+    let reason = &dlq[0].headers["dlq-reason"];
+    assert!(
+        reason.starts_with("not applied after 3 attempts:"),
+        "{reason}"
+    );
+    assert_eq!(dlq[0].value["id"], "poison-1");
+    wait_until(Duration::from_secs(30), async || {
+        account_status(&app, &next).await == "banned"
+    })
+    .await;
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    assert_eq!(account_status(&app, &stuck).await, "active");
+
+    // A failure is not final for its id: the same command sent again, once its cause is gone,
+    // is applied.
+    produce(
+        &bootstrap,
+        COMMANDS,
+        &stuck,
+        &command("poison-1", "devtalk.user.ban", &stuck),
+    )
+    .await;
+    wait_until(Duration::from_secs(30), async || {
+        account_status(&app, &stuck).await == "banned"
+    })
+    .await;
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"commands_total{type="devtalk.user.ban",outcome="rejected"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_command_that_cannot_be_applied_goes_to_the_dlq_at_once() {
+    let broker = Broker::start().await;
+    let bootstrap = broker.bootstrap();
+    let app = TestApp::spawn_with(|s| {
+        with_kafka(s, &bootstrap);
+        // Were the failure retried, the DLQ would be reached only after these attempts.
+        s.command_max_attempts = 1_000;
+    })
+    .await;
+    let broken = app.register("ada@example.com", "ada").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let next = app.register("bob@example.com", "bob").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A row no release of dt-users writes: reading it fails however often it is tried.
+    sqlx::query("UPDATE users SET status = 'unheard-of' WHERE id = ?")
+        .bind(broken.clone())
+        .execute(&mut app.db().await)
+        .await
+        .unwrap();
+    produce(
+        &bootstrap,
+        COMMANDS,
+        &broken,
+        &command("broken-1", "devtalk.user.ban", &broken),
+    )
+    .await;
+    produce(
+        &bootstrap,
+        COMMANDS,
+        &next,
+        &command("after-2", "devtalk.user.ban", &next),
+    )
+    .await;
+    let dlq = dead_letters(&bootstrap, 1).await;
+    let reason = &dlq[0].headers["dlq-reason"];
+    assert!(reason.starts_with("cannot be applied:"), "{reason}");
+    wait_until(Duration::from_secs(30), async || {
+        account_status(&app, &next).await == "banned"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn while_the_database_is_down_a_command_waits_instead_of_going_to_the_dlq() {
+    let broker = Broker::start().await;
+    let bootstrap = broker.bootstrap();
+    let mut proxy = crate::helpers::CuttableProxy::start("127.0.0.1:3306").await;
+    let port = proxy.port;
+    let app = TestApp::spawn_with(|s| {
+        with_kafka(s, &bootstrap);
+        s.command_max_attempts = 2;
+        let url = s.database_url.clone().unwrap();
+        let name = url.rsplit('/').next().unwrap().to_owned();
+        let server = mysql_server_url().replace("127.0.0.1:3306", &format!("127.0.0.1:{port}"));
+        s.database_url = Some(format!("{server}/{name}"));
+    })
+    .await;
+    let user_id = app.register("ada@example.com", "ada").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    proxy.cut().await;
+    produce(
+        &bootstrap,
+        COMMANDS,
+        &user_id,
+        &command("during-outage", "devtalk.user.ban", &user_id),
+    )
+    .await;
+    // Long enough for both attempts and more: the command must still be waiting.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    proxy.restore().await;
+    wait_until(Duration::from_secs(60), async || {
+        account_status(&app, &user_id).await == "banned"
+    })
+    .await;
+    let dlq = {
+        let read_from = bootstrap.clone();
+        tokio::task::spawn_blocking(move || {
+            read_until(
+                &read_from,
+                "devtalk.users.commands.dlq",
+                Duration::from_secs(3),
+                |_| false,
+            )
+        })
+        .await
+        .unwrap()
+    };
+    assert!(dlq.is_empty(), "dead-lettered during an outage: {dlq:?}");
+}

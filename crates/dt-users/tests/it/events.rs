@@ -154,7 +154,6 @@ async fn events_written_while_kafka_is_down_arrive_when_it_is_back() {
     let app = TestApp::spawn_with(|s| {
         with_kafka(s, &bootstrap);
         s.kafka_message_timeout_ms = 2_000;
-        s.health_token = Some("a health token of the operators".into());
     })
     .await;
     let mut users = HashSet::new();
@@ -165,15 +164,8 @@ async fn events_written_while_kafka_is_down_arrive_when_it_is_back() {
         users.insert(user["id"].as_str().unwrap().to_owned());
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let ready = app
-        .client
-        .get(app.url("/health/ready"))
-        .bearer_auth("a health token of the operators")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let report: Value = ready.json().await.unwrap();
+    let (status, report) = app.readiness().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(report["checks"]["kafka"]["status"], "down");
     assert!(
         report["outbox"]["events"]["pending"].as_i64().unwrap() >= 50,
@@ -398,15 +390,7 @@ async fn events_wait_in_the_outbox_until_their_topic_is_created() {
     }
     // Longer than a delivery may take: the relay's first batch has failed by now.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let report: Value = app
-        .client
-        .get(app.url("/health/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, report) = app.readiness().await;
     assert_eq!(report["checks"]["kafka"]["status"], "up", "{report}");
     assert_eq!(report["outbox"]["events"]["pending"], 3, "{report}");
     let probe = bootstrap.clone();

@@ -16,6 +16,9 @@ use tokio::sync::oneshot;
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// The health token of every test app: `/health/ready` shows its details to it.
+pub const HEALTH_TOKEN: &str = "the operators' readiness token";
+
 pub fn mysql_server_url() -> String {
     std::env::var("DT_USERS_TEST_MYSQL_URL")
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
@@ -109,6 +112,7 @@ pub fn test_settings(database_url: &str, prefix: &str) -> Settings {
         jobs_namespace: format!("{prefix}:jobs"),
         data_dir: std::env::temp_dir()
             .join(format!("dt-users-test-{}", uuid::Uuid::new_v4().simple())),
+        health_token: Some(HEALTH_TOKEN.into()),
         ..Settings::default()
     }
 }
@@ -294,6 +298,19 @@ impl TestApp {
             })
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// `/health/ready` as the operators see it (with the health token): status and report.
+    pub async fn readiness(&self) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .get(self.url("/health/ready"))
+            .bearer_auth(HEALTH_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
     }
 
     pub async fn current_status(&self, access_token: &str) -> StatusCode {

@@ -18,7 +18,7 @@ use dt_users::config::Settings;
 use reqwest::StatusCode;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -232,17 +232,6 @@ impl SecureKafka {
     }
 }
 
-async fn readiness(app: &TestApp) -> Value {
-    app.client
-        .get(app.url("/health/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn wait_for(limit: Duration, mut check: impl AsyncFnMut() -> bool) {
     let started = std::time::Instant::now();
     while !check().await {
@@ -295,7 +284,7 @@ async fn events_and_commands_flow_over_tls() {
         "account_banned",
     )
     .await;
-    let ready = readiness(&app).await;
+    let ready = app.readiness().await.1;
     assert_eq!(ready["checks"]["kafka"]["status"], "up", "{ready}");
 }
 
@@ -326,7 +315,7 @@ async fn a_client_without_tls_or_trusting_another_ca_gets_nowhere() {
     }
     tokio::time::sleep(Duration::from_secs(4)).await;
     for app in [&without_tls, &other_ca] {
-        let ready = readiness(app).await;
+        let ready = app.readiness().await.1;
         assert_eq!(ready["checks"]["kafka"]["status"], "down", "{ready}");
         assert!(
             ready["outbox"]["events"]["pending"].as_i64().unwrap() >= 1,
@@ -353,7 +342,7 @@ async fn scram_credentials_reach_the_broker_and_a_refused_login_publishes_nothin
     app.register("ada@example.com", "ada").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     // The broker knows no user (see the module's comment), so it refuses the login.
-    let ready = readiness(&app).await;
+    let ready = app.readiness().await.1;
     assert_eq!(ready["checks"]["kafka"]["status"], "down", "{ready}");
     assert!(
         ready["outbox"]["events"]["pending"].as_i64().unwrap() >= 1,

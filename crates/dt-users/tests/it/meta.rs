@@ -1,7 +1,9 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, assert_problem, create_database, drop_database, test_settings};
+use crate::helpers::{
+    HEALTH_TOKEN, TestApp, assert_problem, create_database, drop_database, test_settings,
+};
 
 #[tokio::test]
 async fn health_live_and_ready_report_each_dependency() {
@@ -160,8 +162,6 @@ async fn serve_refuses_a_database_behind_the_migrations() {
     assert!(message.contains("dt-users migrate"), "{message}");
 }
 
-const HEALTH_TOKEN: &str = "the operators' readiness token";
-
 /// An app whose Redis is reached through a proxy the test can cut.
 async fn app_with_cuttable_redis(
     adjust: impl FnOnce(&mut dt_users::config::Settings),
@@ -170,7 +170,6 @@ async fn app_with_cuttable_redis(
     let port = proxy.port;
     let app = TestApp::spawn_with(move |s| {
         s.redis_url = Some(format!("redis://127.0.0.1:{port}"));
-        s.health_token = Some(HEALTH_TOKEN.into());
         adjust(s);
     })
     .await;
