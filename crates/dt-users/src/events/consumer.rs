@@ -20,8 +20,60 @@ const TOPIC_RECHECK: Duration = Duration::from_secs(2);
 /// parsed or applied goes to the DLQ with the reason in its headers, and the next one follows.
 pub struct CommandConsumer {
     app: Arc<App>,
-    consumer: Arc<StreamConsumer>,
+    consumer: ClosedApart,
     dlq: FutureProducer,
+}
+
+/// How long a consumer that stops waits for its client to leave the group cleanly.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// The consumer client, closed on a thread of its own once its last handle goes. Closing a
+/// consumer blocks until its assignment is revoked, and librdkafka can leave it blocked for
+/// ever when the group is gone by then (the broker down while it stops: librdkafka #4041,
+/// #4884). On its own thread such a close holds up nothing: not a runtime worker, not the
+/// process, which exits when it is done whatever the thread is doing.
+struct ClosedApart {
+    client: Arc<StreamConsumer>,
+    closed: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl std::ops::Deref for ClosedApart {
+    type Target = Arc<StreamConsumer>;
+    fn deref(&self) -> &Arc<StreamConsumer> {
+        &self.client
+    }
+}
+
+impl ClosedApart {
+    /// Fires once the client is closed (or its thread could not start).
+    fn on_closed(&mut self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.closed = Some(tx);
+        rx
+    }
+}
+
+impl Drop for ClosedApart {
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        let closed = self.closed.take();
+        let started = std::thread::Builder::new()
+            .name("kafka-close".into())
+            .spawn(move || {
+                // The handle being dropped still holds its reference for a moment, and a lag
+                // report may hold one: the close is the last reference's to do.
+                while Arc::strong_count(&client) > 1 {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                drop(client);
+                if let Some(closed) = closed {
+                    let _ = closed.send(());
+                }
+            });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "the Kafka consumer is closed where it is dropped");
+        }
+    }
 }
 
 impl std::fmt::Debug for CommandConsumer {
@@ -105,12 +157,27 @@ impl CommandConsumer {
         let dlq: FutureProducer = producer_config(settings)?.create()?;
         Ok(Self {
             app,
-            consumer: Arc::new(consumer),
+            consumer: ClosedApart {
+                client: Arc::new(consumer),
+                closed: None,
+            },
             dlq,
         })
     }
 
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    /// Applies commands until `shutdown` turns true, then leaves the group (waiting at most
+    /// [`CLOSE_WAIT`] for that).
+    pub async fn run(mut self, shutdown: watch::Receiver<bool>) {
+        let closed = self.consumer.on_closed();
+        self.consume(shutdown).await;
+        drop(self);
+        if tokio::time::timeout(CLOSE_WAIT, closed).await.is_err() {
+            tracing::warn!("the command consumer did not leave its group in time");
+        }
+        tracing::info!("command consumer stopped");
+    }
+
+    async fn consume(&self, mut shutdown: watch::Receiver<bool>) {
         let settings = &self.app.settings;
         // Topics are created by `dt-users kafka create-topics` only. Waiting for the commands
         // topic before subscribing turns a missing topic into one clear warning, instead of a
@@ -169,7 +236,6 @@ impl CommandConsumer {
                 }
             }
         }
-        tracing::info!("command consumer stopped");
     }
 
     /// Which of the commands and DLQ topics the cluster does not have (a metadata request,
