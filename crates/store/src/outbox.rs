@@ -69,21 +69,27 @@ const BACKLOG: &str =
 const DELETE_DISPATCHED: &str =
     "DELETE FROM outbox WHERE dispatched_at IS NOT NULL AND dispatched_at < ?";
 
-pub async fn insert_outbox(
-    conn: &mut AnyConnection,
+/// The insert of `row`, recorded (and due) at `at`.
+fn insert(
     row: &NewOutboxRow,
-    now: Timestamp,
-) -> Result<(), StoreError> {
+    at: Timestamp,
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
     sqlx::query(INSERT)
         .bind(row.id.to_string())
         .bind(row.kind.as_str())
         .bind(row.name.clone())
         .bind(row.user_id.to_string())
         .bind(row.payload.clone())
-        .bind(now.as_millis())
-        .bind(now.as_millis())
-        .execute(conn)
-        .await?;
+        .bind(at.as_millis())
+        .bind(at.as_millis())
+}
+
+pub async fn insert_outbox(
+    conn: &mut AnyConnection,
+    row: &NewOutboxRow,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    insert(row, now).execute(conn).await?;
     Ok(())
 }
 
@@ -93,17 +99,7 @@ pub async fn insert_outbox_once(
     row: &NewOutboxRow,
     recorded_at: Timestamp,
 ) -> Result<bool, StoreError> {
-    let inserted = sqlx::query(INSERT)
-        .bind(row.id.to_string())
-        .bind(row.kind.as_str())
-        .bind(row.name.clone())
-        .bind(row.user_id.to_string())
-        .bind(row.payload.clone())
-        .bind(recorded_at.as_millis())
-        .bind(recorded_at.as_millis())
-        .execute(conn)
-        .await;
-    crate::coordination::inserted_once(inserted)
+    crate::coordination::inserted_once(insert(row, recorded_at).execute(conn).await)
 }
 
 fn row_of(row: &AnyRow) -> Result<OutboxRow, StoreError> {

@@ -10,7 +10,6 @@ use dt_users_store::{self as store, AnyConnection, TokenPurpose};
 use super::transaction::transact;
 use super::{App, ServiceError};
 use crate::email::EmailKind;
-use crate::events::types;
 
 /// What a cancel link did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,13 +132,7 @@ impl App {
                 now,
             )
             .await?;
-            self.record_event(
-                tx,
-                user.id,
-                types::EMAIL_VERIFIED,
-                serde_json::json!({"user_id": user.id}),
-            )
-            .await?;
+            self.record_email_verified(tx, user.id).await?;
             user
         })?;
         tracing::info!(user_id = %user.id, "email change confirmed");

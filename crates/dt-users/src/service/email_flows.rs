@@ -13,7 +13,6 @@ use super::accounts::into_field_error;
 use super::transaction::transact;
 use super::{App, ServiceError};
 use crate::email::{EmailIntent, EmailKind};
-use crate::events::types;
 use crate::security::access_token::TokenSubject;
 use crate::security::secret_token::hash_secret;
 
@@ -197,13 +196,7 @@ impl App {
                 user.email_verified = true;
                 user.updated_at = self.now();
                 store::update_user(tx, &user).await?;
-                self.record_event(
-                    tx,
-                    user.id,
-                    types::EMAIL_VERIFIED,
-                    serde_json::json!({"user_id": user.id}),
-                )
-                .await?;
+                self.record_email_verified(tx, user.id).await?;
             }
             user
         })?;

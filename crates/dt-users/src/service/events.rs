@@ -79,6 +79,22 @@ impl App {
         Ok(())
     }
 
+    /// Tells other services that the account's address is confirmed (verified, or a change of
+    /// address confirmed from the new mailbox).
+    pub(super) async fn record_email_verified(
+        &self,
+        conn: &mut AnyConnection,
+        user_id: Uuid,
+    ) -> Result<(), ServiceError> {
+        self.record_event(
+            conn,
+            user_id,
+            types::EMAIL_VERIFIED,
+            json!({"user_id": user_id}),
+        )
+        .await
+    }
+
     /// Announces ended sessions, so services that cache token checks can drop them.
     pub(super) async fn record_sessions_revoked(
         &self,

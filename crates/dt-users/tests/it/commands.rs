@@ -99,15 +99,7 @@ async fn the_same_ban_delivered_three_times_has_one_effect_and_one_event() {
     assert_eq!(banned[0]["data"]["reason"], "spam");
     assert_valid_event(banned[0]);
     assert_eq!(outbox_count(&app, "devtalk.user.banned").await, 1);
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"commands_total{type="devtalk.user.ban",outcome="applied"} 1"#),
         "{metrics}"
@@ -314,6 +306,17 @@ async fn a_consumer_started_before_its_topic_exists_warns_and_then_applies_comma
     let _ = std::fs::remove_file(&log);
 }
 
+/// Sends the ban command `id` for `user_id`.
+async fn ban(bootstrap: &str, id: &str, user_id: &str) {
+    produce(
+        bootstrap,
+        COMMANDS,
+        user_id,
+        &command(id, "devtalk.user.ban", user_id),
+    )
+    .await;
+}
+
 /// The DLQ's records, once there are at least `n`.
 async fn dead_letters(bootstrap: &str, n: usize) -> Vec<crate::kafka::Record> {
     let read_from = bootstrap.to_owned();
@@ -327,6 +330,14 @@ async fn dead_letters(bootstrap: &str, n: usize) -> Vec<crate::kafka::Record> {
     })
     .await
     .unwrap()
+}
+
+/// Registers an account; its id.
+async fn registered(app: &TestApp, email: &str, username: &str) -> String {
+    app.register(email, username).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 async fn account_status(app: &TestApp, user_id: &str) -> String {
@@ -348,14 +359,8 @@ async fn a_command_that_keeps_failing_goes_to_the_dlq_after_its_attempts_and_the
         s.database_lock_timeout = 1;
     })
     .await;
-    let stuck = app.register("ada@example.com", "ada").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let next = app.register("bob@example.com", "bob").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let stuck = registered(&app, "ada@example.com", "ada").await;
+    let next = registered(&app, "bob@example.com", "bob").await;
 
     // Another transaction holds Ada's row for as long as the command is tried: every attempt
     // waits out its lock and fails, though the database itself answers.
@@ -366,20 +371,8 @@ async fn a_command_that_keeps_failing_goes_to_the_dlq_after_its_attempts_and_the
         .fetch_one(&mut holder)
         .await
         .unwrap();
-    produce(
-        &bootstrap,
-        COMMANDS,
-        &stuck,
-        &command("poison-1", "devtalk.user.ban", &stuck),
-    )
-    .await;
-    produce(
-        &bootstrap,
-        COMMANDS,
-        &stuck,
-        &command("after-1", "devtalk.user.ban", &next),
-    )
-    .await;
+    ban(&bootstrap, "poison-1", &stuck).await;
+    ban(&bootstrap, "after-1", &next).await;
 
     let dlq = dead_letters(&bootstrap, 1).await;
     assert_eq!(dlq.len(), 1);
@@ -398,26 +391,12 @@ async fn a_command_that_keeps_failing_goes_to_the_dlq_after_its_attempts_and_the
 
     // A failure is not final for its id: the same command sent again, once its cause is gone,
     // is applied.
-    produce(
-        &bootstrap,
-        COMMANDS,
-        &stuck,
-        &command("poison-1", "devtalk.user.ban", &stuck),
-    )
-    .await;
+    ban(&bootstrap, "poison-1", &stuck).await;
     wait_until(Duration::from_secs(30), async || {
         account_status(&app, &stuck).await == "banned"
     })
     .await;
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"commands_total{type="devtalk.user.ban",outcome="rejected"} 1"#),
         "{metrics}"
@@ -434,34 +413,16 @@ async fn a_command_that_cannot_be_applied_goes_to_the_dlq_at_once() {
         s.command_max_attempts = 1_000;
     })
     .await;
-    let broken = app.register("ada@example.com", "ada").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let next = app.register("bob@example.com", "bob").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let broken = registered(&app, "ada@example.com", "ada").await;
+    let next = registered(&app, "bob@example.com", "bob").await;
     // A row no release of dt-users writes: reading it fails however often it is tried.
     sqlx::query("UPDATE users SET status = 'unheard-of' WHERE id = ?")
         .bind(broken.clone())
         .execute(&mut app.db().await)
         .await
         .unwrap();
-    produce(
-        &bootstrap,
-        COMMANDS,
-        &broken,
-        &command("broken-1", "devtalk.user.ban", &broken),
-    )
-    .await;
-    produce(
-        &bootstrap,
-        COMMANDS,
-        &next,
-        &command("after-2", "devtalk.user.ban", &next),
-    )
-    .await;
+    ban(&bootstrap, "broken-1", &broken).await;
+    ban(&bootstrap, "after-2", &next).await;
     let dlq = dead_letters(&bootstrap, 1).await;
     let reason = &dlq[0].headers["dlq-reason"];
     assert!(reason.starts_with("cannot be applied:"), "{reason}");
@@ -486,18 +447,9 @@ async fn while_the_database_is_down_a_command_waits_instead_of_going_to_the_dlq(
         s.database_url = Some(format!("{server}/{name}"));
     })
     .await;
-    let user_id = app.register("ada@example.com", "ada").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let user_id = registered(&app, "ada@example.com", "ada").await;
     proxy.cut().await;
-    produce(
-        &bootstrap,
-        COMMANDS,
-        &user_id,
-        &command("during-outage", "devtalk.user.ban", &user_id),
-    )
-    .await;
+    ban(&bootstrap, "during-outage", &user_id).await;
     // Long enough for both attempts and more: the command must still be waiting.
     tokio::time::sleep(Duration::from_secs(12)).await;
     proxy.restore().await;

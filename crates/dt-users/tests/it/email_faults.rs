@@ -63,15 +63,7 @@ async fn a_job_that_always_fails_ends_dead_and_the_next_job_still_runs() {
     app.register("transient-fail@example.com", "doomed").await;
     let dead = async {
         loop {
-            let text = app
-                .client
-                .get(app.url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = app.metrics().await;
             if text
                 .lines()
                 .any(|l| l.starts_with("jobs_dead_total") && !l.ends_with(" 0"))

@@ -281,17 +281,22 @@ impl TestApp {
 
     /// The value of the counter `name` in `/metrics`, summed over its labels; 0 before it
     /// was first counted. The recorder is per process: nextest runs each test in its own.
-    pub async fn counter(&self, name: &str) -> f64 {
-        let text = self
-            .client
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client
             .get(self.url("/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        text.lines()
+            .unwrap()
+    }
+
+    pub async fn counter(&self, name: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
             .filter(|line| {
                 line.strip_prefix(name)
                     .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))

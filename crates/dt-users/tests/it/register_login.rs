@@ -291,14 +291,6 @@ async fn saturated_hashing_is_shed_at_once_with_503_overloaded() {
         shed += 1;
     }
     assert!(ok >= 1 && shed >= 1, "{ok} signed in, {shed} shed");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("password_hash_shed_total"), "{metrics}");
 }
