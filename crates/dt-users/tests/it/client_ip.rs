@@ -201,3 +201,27 @@ async fn a_limiter_of_no_keys_is_refused_at_start_up() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn many_addresses_of_one_network_at_once_spend_one_budget() {
+    let app = behind_a_proxy(|_| {}).await;
+    for round in 0..10u16 {
+        // A network of its own each round: a fresh budget of two.
+        let requests = (0..20u16).map(|host| {
+            app.client
+                .post(app.url("/api/v1/auth/login"))
+                .header("x-forwarded-for", format!("2001:db8:{round:x}:1:{host:x}::1"))
+                .json(&json!({"email": format!("nobody-{round}-{host}@example.com"), "password": "wrong password"}))
+        });
+        let statuses = crate::helpers::send_together(requests).await;
+        let counted = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::UNAUTHORIZED)
+            .count();
+        let limited = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+            .count();
+        assert_eq!((counted, limited), (2, 18), "round {round}: {statuses:?}");
+    }
+}

@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use crate::helpers::{PASSWORD, SqliteFile, TestApp, assert_problem};
+use crate::helpers::{PASSWORD, SqliteFile, TestApp, assert_problem, send_together};
 
 const COMPOSED: &str = "jos\u{e9}@example.com";
 const DECOMPOSED: &str = "jose\u{301}@example.com";
@@ -318,5 +318,33 @@ async fn joiners_inside_an_emoji_or_a_word_are_kept_as_sent() {
             .unwrap();
         assert_eq!(me["display_name"], display_name);
         assert_eq!(me["bio"], bio);
+    }
+}
+
+#[tokio::test]
+async fn spellings_of_one_address_registered_at_once_make_one_account() {
+    let app = TestApp::spawn().await;
+    for round in 0..10 {
+        let spellings = [
+            format!("ren{round}\u{e9}e@example.com"),
+            format!("ren{round}e\u{301}e@example.com"),
+            format!("REN{round}\u{c9}E@example.com"),
+            format!("REN{round}E\u{301}E@EXAMPLE.COM"),
+        ];
+        let requests = spellings.iter().enumerate().map(|(i, email)| {
+            app.client.post(app.url("/api/v1/auth/register")).json(
+                &json!({"email": email, "username": format!("renee{round}x{i}"), "password": PASSWORD}),
+            )
+        });
+        let statuses = send_together(requests).await;
+        let created = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count();
+        let taken = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CONFLICT)
+            .count();
+        assert_eq!((created, taken), (1, 3), "round {round}: {statuses:?}");
     }
 }

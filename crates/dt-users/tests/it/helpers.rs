@@ -361,6 +361,21 @@ impl From<Value> for Tokens {
     }
 }
 
+/// Sends every request at once; their statuses, in the order given.
+pub async fn send_together(
+    requests: impl IntoIterator<Item = reqwest::RequestBuilder>,
+) -> Vec<StatusCode> {
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|request| tokio::spawn(async move { request.send().await.unwrap().status() }))
+        .collect();
+    let mut statuses = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    statuses
+}
+
 /// Asserts a problem document with `status` and `code`, and returns it.
 pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(response.status(), status, "unexpected status");

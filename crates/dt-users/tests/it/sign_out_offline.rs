@@ -204,3 +204,44 @@ async fn sign_out_with_the_database_and_redis_down_is_503() {
     }
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn deferred_events_moved_by_several_sweeps_at_once_reach_the_outbox_once_each() {
+    let mut proxy = CuttableProxy::start("127.0.0.1:3306").await;
+    let app = spawn_with_database_behind(&proxy).await;
+    app.register("ada@example.com", "ada").await;
+    let user_id = app
+        .current_user_id(&app.sign_in("ada@example.com").await.access)
+        .await;
+    let mut sessions = Vec::new();
+    for _ in 0..12 {
+        sessions.push(app.sign_in("ada@example.com").await);
+    }
+    proxy.cut().await;
+    for tokens in &sessions {
+        assert_eq!(
+            logout(&app, &tokens.access, "local").await.status(),
+            StatusCode::NO_CONTENT
+        );
+    }
+    assert_eq!(deferred_events(&app).await, 12);
+    proxy.restore().await;
+    // Several sweeps at once (two `beat`s whose leases overlapped, say): each event once.
+    let sweeps: Vec<_> = (0..5)
+        .map(|_| {
+            let app = app.app.clone();
+            tokio::spawn(async move { app.move_deferred_events().await })
+        })
+        .collect();
+    for sweep in sweeps {
+        // A sweep that meets the database still reconnecting may fail; another does the work.
+        let _ = sweep.await.unwrap();
+    }
+    while deferred_events(&app).await > 0 {
+        app.app.move_deferred_events().await.unwrap();
+    }
+    let announced = revoked_in_outbox(&app, &user_id).await;
+    assert_eq!(announced.len(), 12, "{announced:?}");
+    let distinct: BTreeSet<&BTreeSet<String>> = announced.iter().collect();
+    assert_eq!(distinct.len(), 12);
+}
