@@ -22,19 +22,7 @@ async fn register_raw(app: &TestApp, email: &str, username: &str) -> reqwest::Re
 
 /// Asserts a 422 `validation_error` that names `field`.
 async fn assert_invalid_field(response: reqwest::Response, field: &str) {
-    let body = assert_problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_error",
-    )
-    .await;
-    let fields: Vec<&str> = body["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
-    assert_eq!(fields, [field], "{body}");
+    assert_eq!(crate::helpers::invalid_fields(response).await, [field]);
 }
 
 async fn spawn_on_sqlite(file: &SqliteFile) -> TestApp {

@@ -361,6 +361,22 @@ impl From<Value> for Tokens {
     }
 }
 
+/// Asserts a 422 `validation_error` and returns the fields its errors name, in order.
+pub async fn invalid_fields(response: Response) -> Vec<String> {
+    let body = assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_error",
+    )
+    .await;
+    body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Sends every request at once; their statuses, in the order given.
 pub async fn send_together(
     requests: impl IntoIterator<Item = reqwest::RequestBuilder>,

@@ -112,18 +112,7 @@ async fn invalid_fields_are_all_reported() {
             &json!({"email": "not-an-email", "username": "x", "password": PASSWORD, "display_name": "é".repeat(65)}),
         )
         .await;
-    let body = assert_problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_error",
-    )
-    .await;
-    let fields: Vec<&str> = body["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = crate::helpers::invalid_fields(response).await;
     assert_eq!(fields, ["email", "username", "display_name"]);
 }
 
