@@ -8,12 +8,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use dt_users_store::OutboxKind;
+use dt_users_domain::Clock;
+use dt_users_store::{Db, OutboxKind};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::events::KafkaProbe;
 use crate::security::rate_limit::{Quota, RateLimiter};
-use crate::service::App;
+use crate::sessions::SessionStore;
 
 /// How long one measurement answers every readiness request.
 pub const REPORT_TTL: Duration = Duration::from_secs(2);
@@ -57,6 +58,9 @@ type KafkaStatus = Arc<Mutex<Option<Result<(), String>>>>;
 /// Readiness state of one process: the cached report, the Kafka thread's latest answer, and
 /// the limit on callers that do not present the health token.
 pub struct Readiness {
+    db: Db,
+    sessions: SessionStore,
+    clock: Arc<dyn Clock>,
     kafka: Option<KafkaStatus>,
     cached: tokio::sync::Mutex<Option<(Instant, Arc<Report>)>>,
     limit: Option<(RateLimiter, Quota)>,
@@ -77,11 +81,15 @@ impl Readiness {
     /// limiter may hold (in process memory: it must keep answering while Redis is down);
     /// `None` when rate limits are off.
     pub fn new(
+        (db, sessions, clock): (Db, SessionStore, Arc<dyn Clock>),
         kafka: Option<KafkaProbe>,
         limit: Option<(Quota, usize)>,
         token: Option<SecretString>,
     ) -> Self {
         Self {
+            db,
+            sessions,
+            clock,
             kafka: kafka.map(watch_kafka),
             cached: tokio::sync::Mutex::new(None),
             limit: limit.map(|(quota, max_keys)| (RateLimiter::memory(max_keys), quota)),
@@ -114,32 +122,33 @@ impl Readiness {
 
     /// The latest measurement, taken now if the cached one is older than [`REPORT_TTL`].
     /// Concurrent callers wait for one measurement rather than each taking their own.
-    pub async fn report(&self, app: &App) -> Arc<Report> {
+    pub async fn report(&self) -> Arc<Report> {
         let mut cached = self.cached.lock().await;
         if let Some((at, report)) = cached.as_ref()
             && at.elapsed() < REPORT_TTL
         {
             return report.clone();
         }
-        let report = Arc::new(self.measure(app).await);
+        let report = Arc::new(self.measure().await);
         *cached = Some((Instant::now(), report.clone()));
         report
     }
 
-    async fn measure(&self, app: &App) -> Report {
-        let (database, sessions) = tokio::join!(within(app.db.ping()), within(app.sessions.ping()));
+    async fn measure(&self) -> Report {
+        let (database, sessions) =
+            tokio::join!(within(self.db.ping()), within(self.sessions.ping()));
         let mut checks = BTreeMap::new();
         checks.insert(
             "database",
             CheckResult {
-                backend: app.db.dialect().name(),
+                backend: self.db.dialect().name(),
                 error: database.err(),
             },
         );
         checks.insert(
             "sessions",
             CheckResult {
-                backend: app.sessions.backend(),
+                backend: self.sessions.backend(),
                 error: sessions.err(),
             },
         );
@@ -157,10 +166,11 @@ impl Readiness {
                 },
             );
         }
-        let outbox = tokio::time::timeout(CHECK_TIMEOUT, outbox_backlog(app))
-            .await
-            .ok()
-            .flatten();
+        let outbox =
+            tokio::time::timeout(CHECK_TIMEOUT, outbox_backlog(&self.db, self.clock.now()))
+                .await
+                .ok()
+                .flatten();
         Report { checks, outbox }
     }
 }
@@ -175,9 +185,11 @@ async fn within<E: std::fmt::Display>(
     }
 }
 
-async fn outbox_backlog(app: &App) -> Option<BTreeMap<&'static str, Backlog>> {
-    let mut conn = app.db.pool().acquire().await.ok()?;
-    let now = app.now();
+async fn outbox_backlog(
+    db: &Db,
+    now: dt_users_domain::Timestamp,
+) -> Option<BTreeMap<&'static str, Backlog>> {
+    let mut conn = db.pool().acquire().await.ok()?;
     let mut backlog = BTreeMap::new();
     for (name, kind) in [("emails", OutboxKind::Email), ("events", OutboxKind::Event)] {
         let (pending, oldest) = dt_users_store::backlog(&mut conn, kind).await.ok()?;

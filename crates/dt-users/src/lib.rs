@@ -12,6 +12,7 @@ pub mod events;
 pub mod health;
 pub mod http;
 pub mod jobs;
+pub mod runner;
 pub mod security;
 pub mod service;
 pub mod sessions;

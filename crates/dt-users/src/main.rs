@@ -5,12 +5,12 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dt_users::config::Settings;
+use dt_users::config::{Config, ConfigError, Settings};
 use std::sync::Arc;
 
 use dt_users::domain::SystemClock;
 use dt_users::events::{TopicCreation, create_topics};
-use dt_users::startup::{Application, Background, Roles, build_app, open_database};
+use dt_users::startup::{Application, Background, Roles, build_app, open_db, readiness};
 use dt_users::telemetry;
 
 #[derive(Debug, Parser)]
@@ -95,10 +95,11 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn run(cli: Cli, settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(cli: Cli, config: Config) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Serve { host, port } => {
-            let application = Application::build(settings, &host, port).await?;
+            let application =
+                Application::from_config(config, &host, port, Arc::new(SystemClock)).await?;
             application.run_until(shutdown_signal()).await?;
         }
         Command::Worker(ref ops)
@@ -113,12 +114,12 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), Box<dyn std::error::Err
                 consume: matches!(cli.command, Command::Consume(_)),
             };
             telemetry::install_metrics();
-            let app = build_app(settings, Arc::new(SystemClock)).await?;
-            let background = Background::start(&app, roles).await?;
+            let app = build_app(&config, Arc::new(SystemClock)).await?;
+            let background = Background::start(&app, &config, roles).await?;
             let ops_server = match ops.port {
                 Some(port) => {
                     let listener = tokio::net::TcpListener::bind((ops.host.as_str(), port)).await?;
-                    let router = dt_users::http::ops_router(app.clone());
+                    let router = dt_users::http::ops_router(readiness(&config, &app)?);
                     Some(tokio::spawn(
                         async move { axum::serve(listener, router).await },
                     ))
@@ -139,7 +140,10 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), Box<dyn std::error::Err
                     replication,
                 },
         } => {
-            let outcomes = create_topics(&settings, partitions, replication).await?;
+            let kafka = config
+                .kafka
+                .ok_or_else(|| ConfigError::new("kafka_bootstrap_servers", "not set"))?;
+            let outcomes = create_topics(&kafka, partitions, replication).await?;
             for outcome in outcomes {
                 match outcome {
                     TopicCreation::Created(topic) => {
@@ -154,7 +158,7 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), Box<dyn std::error::Err
             }
         }
         Command::Migrate => {
-            let db = open_database(&settings)?;
+            let db = open_db(&config)?;
             let state = db.migrate().await?;
             tracing::info!(database = db.dialect().name(), state = ?state, "migrations applied");
             db.close().await;
@@ -166,15 +170,19 @@ async fn run(cli: Cli, settings: Settings) -> Result<(), Box<dyn std::error::Err
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load() {
-        Ok(settings) => settings,
+    let config = match Settings::load() {
+        Ok(settings) => settings.validate().map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let config = match config {
+        Ok(config) => config,
         Err(e) => {
             eprintln!("dt-users: invalid configuration: {e}");
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(&settings.log_format);
-    match run(cli, settings).await {
+    telemetry::init_logging(config.log_format);
+    match run(cli, config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "dt-users stopped");

@@ -1,31 +1,37 @@
-//! Building the application from settings, and serving it.
+//! The composition root: builds the parts from the [`Config`], wires the background roles to
+//! the use-cases through the narrow traits they declare ([`CommandHandler`], [`Sweeps`]), and
+//! serves. Nothing else in the crate knows how the parts fit together.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use dt_users_domain::{Clock, SystemClock};
+use dt_users_domain::{Clock, SystemClock, Timestamp};
 use dt_users_store::{Db, MigrationState};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::Settings;
+use crate::config::{Config, ConfigError, Settings};
 use crate::email::Mailer;
-use crate::events::{CommandConsumer, EventRelay};
-use crate::jobs::{Beat, EmailWorker, JobQueue, OutboxRelay};
-use crate::security::access_token::{AccessTokens, MAX_LEEWAY_SECS};
-use crate::security::client_ip::{ForwardingHeader, TrustedProxies};
+use crate::events::{CommandConsumer, CommandHandler, EventRelay, HandlingError, KafkaProbe};
+use crate::health::Readiness;
+use crate::http::Edge;
+use crate::jobs::{Beat, EmailWorker, JobQueue, MailFiles, OutboxRelay, QueueError, Sweeps};
+use crate::runner::{OutboxSignal, RoleError, Schedule};
+use crate::security::access_token::AccessTokens;
 use crate::security::email_token::EmailTokens;
 use crate::security::keys::SigningKeys;
 use crate::security::password_hasher::PasswordHasherPool;
-use crate::security::rate_limit::{RateLimiter, Rules};
-use crate::service::App;
+use crate::security::rate_limit::RateLimiter;
+use crate::service::{App, Command, CommandOutcome, Policy, ServiceError};
 use crate::sessions::{MemorySessions, RedisSessions, SessionStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
+    /// A part refused its settings (the message names the variable).
+    #[error("configuration: {0}")]
+    Setup(String),
     #[error(
         "the database is behind this release (pending migrations: {0:?}); run `dt-users migrate` first"
     )]
@@ -34,6 +40,8 @@ pub enum StartupError {
     DatabaseAhead(Vec<i64>),
     #[error("database: {0}")]
     Database(#[from] dt_users_store::StoreError),
+    #[error("job queue: {0}")]
+    Queue(#[from] QueueError),
     #[error(transparent)]
     Keys(#[from] crate::security::keys::KeyError),
     #[error("{0}")]
@@ -42,28 +50,30 @@ pub enum StartupError {
 
 /// Opens the database a `Settings` names (creating the embedded default's directory).
 pub fn open_database(settings: &Settings) -> Result<Db, StartupError> {
-    if settings.is_embedded_database() {
-        std::fs::create_dir_all(&settings.data_dir)?;
+    open_db(&settings.validate()?)
+}
+
+/// Opens the database of `config` (creating the embedded default's directory).
+pub fn open_db(config: &Config) -> Result<Db, StartupError> {
+    if config.database.embedded {
+        std::fs::create_dir_all(&config.data_dir)?;
     }
     Ok(Db::connect_lazy(
-        &settings.effective_database_url(),
-        settings.database_max_connections,
-        Duration::from_secs(settings.database_lock_timeout),
+        &config.database.url,
+        config.database.max_connections.get(),
+        config.database.lock_timeout,
     )?)
 }
+
+/// How many stored hashes are read at start-up to choose the dummy hash's parameters.
+const DUMMY_SAMPLE: i64 = 10_000;
 
 /// Builds the use-case layer: checks the schema, loads keys, connects the session store.
 /// The embedded default migrates its own SQLite file; any other database must be migrated
 /// with `dt-users migrate` first.
-/// How many stored hashes are read at start-up to choose the dummy hash's parameters.
-const DUMMY_SAMPLE: i64 = 10_000;
-
-pub async fn build_app(
-    settings: Settings,
-    clock: Arc<dyn Clock>,
-) -> Result<Arc<App>, StartupError> {
-    let db = open_database(&settings)?;
-    let state = if settings.is_embedded_database() {
+pub async fn build_app(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<App>, StartupError> {
+    let db = open_db(config)?;
+    let state = if config.database.embedded {
         db.migrate().await?
     } else {
         db.migration_state().await?
@@ -73,35 +83,37 @@ pub async fn build_app(
         MigrationState::Behind { pending } => return Err(StartupError::MigrationsPending(pending)),
         MigrationState::Ahead { unknown } => return Err(StartupError::DatabaseAhead(unknown)),
     }
-    let keys = SigningKeys::load(&settings)?;
-    if settings.access_token_leeway > MAX_LEEWAY_SECS {
-        return Err(StartupError::Config(format!(
-            "DT_USERS_ACCESS_TOKEN_LEEWAY: {} s is more than the {MAX_LEEWAY_SECS} s allowed",
-            settings.access_token_leeway
-        )));
-    }
+    let keys = SigningKeys::load(
+        config.tokens.signing_keys.as_ref(),
+        config.tokens.signing_keys_file.as_deref(),
+        config
+            .database
+            .embedded
+            .then_some(config.data_dir.as_path()),
+    )?;
     let tokens = AccessTokens::new(
         keys,
-        settings.token_issuer.clone(),
-        settings.token_audience.clone(),
-        settings.access_token_ttl,
-        settings.access_token_leeway,
+        config.tokens.issuer.clone(),
+        config.tokens.audience.clone(),
+        config.tokens.access_ttl.as_secs(),
+        config.tokens.leeway.as_secs(),
     );
-    let sessions = match settings.redis_url() {
-        Some(url) => SessionStore::Redis(
-            RedisSessions::new(url, &settings.redis_key_prefix)
-                .map_err(|e| StartupError::Config(format!("DT_USERS_REDIS_URL: {e}")))?,
+    let sessions = match &config.redis {
+        Some(redis) => SessionStore::Redis(
+            RedisSessions::new(&redis.url, &redis.key_prefix)
+                .map_err(|e| ConfigError::new("redis_url", e.to_string()))?,
         ),
         None => SessionStore::Memory(MemorySessions::default()),
     };
+    let argon2 = &config.hashing.argon2;
     let hasher = PasswordHasherPool::new(
-        settings.argon2_memory_kib,
-        settings.argon2_iterations,
-        settings.argon2_parallelism,
-        settings.password_hash_concurrency,
-        settings.password_hash_queue,
+        argon2.m_cost(),
+        argon2.t_cost(),
+        argon2.p_cost(),
+        config.hashing.concurrency.get(),
+        config.hashing.queue,
     )
-    .map_err(|e| StartupError::Config(e.to_string()))?;
+    .map_err(|e| StartupError::Setup(e.to_string()))?;
     let stored = {
         let mut conn = db
             .pool()
@@ -112,63 +124,104 @@ pub async fn build_app(
     };
     let hasher = hasher
         .match_stored(&stored)
-        .map_err(|e| StartupError::Config(e.to_string()))?;
+        .map_err(|e| StartupError::Setup(e.to_string()))?;
     tracing::info!(
         database = db.dialect().name(),
         sessions = sessions.backend(),
         signing_kid = tokens.keys().signing_kid(),
         "dt-users ready"
     );
-    let email_tokens = match &settings.email_token_secrets {
-        Some(secrets) => EmailTokens::from_configured(secrets).map_err(StartupError::Config)?,
+    let email_tokens = match &config.email.token_secrets {
+        Some(secrets) => EmailTokens::from_configured(secrets)
+            .map_err(|e| ConfigError::new("email_token_secrets", e))?,
         None => EmailTokens::new(tokens.keys().token_secrets())
-            .ok_or_else(|| StartupError::Config("no signing key to derive email tokens".into()))?,
+            .ok_or_else(|| StartupError::Setup("no signing key to derive email tokens".into()))?,
     };
-    let limits = Rules::from_settings(&settings).map_err(StartupError::Config)?;
-    let forwarded_header = ForwardingHeader::parse(&settings.forwarded_header)
-        .map_err(|e| StartupError::Config(format!("DT_USERS_FORWARDED_HEADER: {e}")))?;
-    let trusted_proxies = TrustedProxies::parse(&settings.trusted_proxies)
-        .map_err(|e| StartupError::Config(format!("DT_USERS_TRUSTED_PROXIES: {e}")))?
-        .reading(forwarded_header);
-    if settings.rate_limit_memory_keys == 0 {
-        return Err(StartupError::Config(
-            "DT_USERS_RATE_LIMIT_MEMORY_KEYS: 0 keys would remember no request; at least 1".into(),
-        ));
-    }
-    let limiter = match (&sessions, settings.rate_limit_enabled) {
+    let limits = &config.limits;
+    let limiter = match (&sessions, limits.enabled) {
         (_, false) => RateLimiter::Disabled,
-        (SessionStore::Redis(redis), true) => {
-            RateLimiter::redis(redis.clone(), &settings.redis_key_prefix)
-        }
-        (SessionStore::Memory(_), true) => RateLimiter::memory(settings.rate_limit_memory_keys),
+        (SessionStore::Redis(redis), true) => RateLimiter::redis(
+            redis.clone(),
+            config.redis.as_ref().map_or("", |r| r.key_prefix.as_str()),
+        ),
+        (SessionStore::Memory(_), true) => RateLimiter::memory(limits.memory_keys.get()),
     };
-    let kafka_probe = match settings.kafka_bootstrap_servers() {
-        Some(_) => Some(crate::events::KafkaProbe::new(&settings).map_err(StartupError::Config)?),
-        None => None,
+    let policy = Policy {
+        refresh_ttl: config.tokens.refresh_ttl,
+        refresh_reuse_grace: config.tokens.refresh_reuse_grace,
+        email_token_ttl: config.email.token_ttl,
+        deletion_grace: config.deletion.grace_period,
+        password_checks_in_flight: limits.password_checks_in_flight,
+        purge_batch: config.deletion.purge_batch,
+        command_retention: config.commands.retention,
+        events_published: config.kafka.is_some(),
     };
-    let health_quota = crate::security::rate_limit::Quota::parse(&settings.rate_limit_health_ip)
-        .map_err(|e| StartupError::Config(format!("DT_USERS_RATE_LIMIT_HEALTH_IP: {e}")))?;
-    let readiness = crate::health::Readiness::new(
-        kafka_probe,
-        settings
-            .rate_limit_enabled
-            .then_some((health_quota, settings.rate_limit_memory_keys)),
-        settings.health_token.clone(),
-    );
     Ok(Arc::new(App {
-        settings,
+        policy,
         db,
+        outbox: OutboxSignal::default(),
         sessions,
         tokens,
         hasher,
         email_tokens,
         clock,
-        outbox_notify: Arc::new(tokio::sync::Notify::new()),
         limiter,
-        limits,
-        trusted_proxies,
-        readiness,
+        limits: limits.rules,
     }))
+}
+
+/// What `/health/ready` reports for `app`'s process.
+pub fn readiness(config: &Config, app: &App) -> Result<Arc<Readiness>, StartupError> {
+    let kafka_probe = match &config.kafka {
+        Some(kafka) => Some(KafkaProbe::new(kafka).map_err(StartupError::Setup)?),
+        None => None,
+    };
+    let limits = &config.limits;
+    Ok(Arc::new(Readiness::new(
+        (app.db.clone(), app.sessions.clone(), app.clock.clone()),
+        kafka_probe,
+        limits
+            .enabled
+            .then_some((limits.health_ip, limits.memory_keys.get())),
+        config.http.health_token.clone(),
+    )))
+}
+
+/// The consumer applies commands with the use-cases.
+impl CommandHandler for Arc<App> {
+    async fn apply(&self, id: &str, command: &Command) -> Result<CommandOutcome, HandlingError> {
+        self.apply_command(id, command)
+            .await
+            .map_err(handling_error)
+    }
+
+    async fn record_rejected(
+        &self,
+        id: &str,
+        command_type: &'static str,
+    ) -> Result<(), HandlingError> {
+        self.record_rejected_command(id, command_type)
+            .await
+            .map_err(handling_error)
+    }
+}
+
+fn handling_error(error: ServiceError) -> HandlingError {
+    match error {
+        ServiceError::Unavailable(_) => HandlingError::Unavailable(Box::new(error)),
+        ServiceError::Busy(_) => HandlingError::Busy(Box::new(error)),
+        other => HandlingError::Failed(Box::new(other)),
+    }
+}
+
+/// Beat sweeps with the use-cases.
+impl Sweeps for Arc<App> {
+    async fn sweep(&self, now: Timestamp) -> Result<Vec<(&'static str, u64)>, RoleError> {
+        let report = App::sweep(self, now)
+            .await
+            .map_err(|e| RoleError::Service(Box::new(e)))?;
+        Ok(report.counts().to_vec())
+    }
 }
 
 /// Which background roles a process runs.
@@ -198,61 +251,75 @@ pub struct Background {
 }
 
 impl Background {
-    /// Starts `roles` for `app`: the outbox relay, an email worker, the periodic sweeps.
-    pub async fn start(app: &Arc<App>, roles: Roles) -> Result<Self, StartupError> {
+    /// Starts `roles` for `app`: the outbox relays, an email worker, the command consumer,
+    /// the periodic sweeps. Each gets only what it uses.
+    pub async fn start(
+        app: &Arc<App>,
+        config: &Config,
+        roles: Roles,
+    ) -> Result<Self, StartupError> {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
-        let settings = &app.settings;
+        let relay_schedule = |lease| Schedule {
+            interval: config.relay_interval,
+            wake: Some(app.outbox.subscribe()),
+            lease,
+        };
         if roles.relay || roles.worker {
-            let queue = JobQueue::open(settings)
-                .await
-                .map_err(StartupError::Config)?;
+            let queue = JobQueue::open(&config.jobs, &config.data_dir).await?;
             if roles.relay {
-                let relay = OutboxRelay::new(
-                    app.db.clone(),
-                    queue.clone(),
-                    app.clock.clone(),
-                    app.outbox_notify.clone(),
-                    Duration::from_millis(settings.relay_interval_ms.max(10)),
-                );
-                let mut stopped = stopped.clone();
-                tasks.push(tokio::spawn(relay.run(async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                })));
+                let relay = OutboxRelay::new(app.db.clone(), queue.clone(), app.clock.clone());
+                tasks.push(tokio::spawn(crate::runner::run(
+                    relay,
+                    relay_schedule(None),
+                    stopped.clone(),
+                )));
             }
             if roles.worker {
                 let mailer = Mailer::new(
-                    settings.smtp_url(),
-                    settings.data_dir.join("mail"),
-                    &settings.email_from,
+                    config.email.smtp_url.as_deref(),
+                    config.data_dir.join("mail"),
+                    &config.email.from,
                 )
-                .map_err(StartupError::Config)?;
+                .map_err(StartupError::Setup)?;
                 let worker = EmailWorker::new(
-                    settings,
+                    &config.jobs,
+                    &config.public_url,
+                    config.email.token_ttl,
                     app.db.clone(),
                     mailer,
                     app.email_tokens.clone(),
                     app.clock.clone(),
                 );
-                let settings = settings.clone();
-                let stopped = stopped.clone();
-                tasks.push(tokio::spawn(async move {
-                    worker.run(queue, &settings, stopped).await
-                }));
+                tasks.push(tokio::spawn(worker.run(queue, stopped.clone())));
             }
         }
-        if roles.relay && settings.kafka_bootstrap_servers().is_some() {
-            let relay = EventRelay::new(app.clone()).map_err(StartupError::Config)?;
-            tasks.push(tokio::spawn(relay.run(stopped.clone())));
+        if let (true, Some(kafka)) = (roles.relay, &config.kafka) {
+            let relay = EventRelay::new(kafka, app.db.clone(), app.clock.clone())
+                .map_err(StartupError::Setup)?;
+            let schedule = relay_schedule(Some(relay.lease().clone()));
+            tasks.push(tokio::spawn(crate::runner::run(
+                relay,
+                schedule,
+                stopped.clone(),
+            )));
         }
-        if roles.consume && settings.kafka_bootstrap_servers().is_some() {
-            let consumer = CommandConsumer::new(app.clone()).map_err(StartupError::Config)?;
+        if let (true, Some(kafka)) = (roles.consume, &config.kafka) {
+            let consumer = CommandConsumer::new(app.clone(), kafka, &config.commands)
+                .map_err(StartupError::Setup)?;
             tasks.push(tokio::spawn(consumer.run(stopped.clone())));
         }
         if roles.beat {
+            let mail_files = config.email.smtp_url.is_none().then(|| MailFiles {
+                dir: config.data_dir.join("mail"),
+                link_ttl: config.email.token_ttl,
+            });
             let beat = Beat::new(
                 app.clone(),
-                Duration::from_secs(settings.purge_interval.max(1)),
+                app.db.clone(),
+                app.clock.clone(),
+                config.deletion.sweep_interval,
+                mail_files,
             );
             tasks.push(tokio::spawn(beat.run(stopped)));
         }
@@ -272,7 +339,9 @@ impl Background {
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
+    config: Config,
     app: Arc<App>,
+    readiness: Arc<Readiness>,
 }
 
 impl Application {
@@ -287,10 +356,25 @@ impl Application {
         port: u16,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartupError> {
+        Self::from_config(settings.validate()?, host, port, clock).await
+    }
+
+    pub async fn from_config(
+        config: Config,
+        host: &str,
+        port: u16,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartupError> {
         crate::telemetry::install_metrics();
-        let app = build_app(settings, clock).await?;
+        let app = build_app(&config, clock).await?;
+        let readiness = readiness(&config, &app)?;
         let listener = TcpListener::bind((host, port)).await?;
-        Ok(Self { listener, app })
+        Ok(Self {
+            listener,
+            config,
+            app,
+            readiness,
+        })
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, std::io::Error> {
@@ -301,22 +385,31 @@ impl Application {
         self.app.clone()
     }
 
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Serves until `shutdown` completes, then drains in-flight requests.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), std::io::Error> {
-        let timeout = Duration::from_secs(self.app.settings.request_timeout.max(1));
-        let background = if self.app.settings.run_background_in_serve {
+        let background = if self.config.run_background_in_serve {
             Some(
-                Background::start(&self.app, Roles::ALL)
+                Background::start(&self.app, &self.config, Roles::ALL)
                     .await
                     .map_err(std::io::Error::other)?,
             )
         } else {
             None
         };
-        let router = crate::http::router(self.app.clone(), timeout);
+        let edge = Edge {
+            trusted_proxies: self.config.http.trusted_proxies.clone(),
+            readiness: self.readiness.clone(),
+            cors_allowed_origins: self.config.http.cors_allowed_origins.clone(),
+            request_timeout: self.config.http.request_timeout,
+        };
+        let router = crate::http::router(self.app.clone(), edge);
         tracing::info!(address = %self.listener.local_addr()?, "listening");
         let result = axum::serve(
             self.listener,

@@ -32,12 +32,12 @@ pub fn render_metrics() -> String {
 
 /// Logs to stdout: JSON lines (`format = "json"`) or human-readable text. `RUST_LOG`
 /// overrides the default level (`info`).
-pub fn init_logging(format: &str) {
+pub fn init_logging(format: crate::config::LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
-    let _ = if format == "pretty" {
+    let _ = if format == crate::config::LogFormat::Pretty {
         builder.try_init()
     } else {
         builder

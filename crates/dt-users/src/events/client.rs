@@ -8,7 +8,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaConfRes;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::Settings;
+use crate::config::KafkaSettings;
 
 /// librdkafka properties that have a variable of their own: the passthrough may not set them,
 /// so that one setting has one place and a value cannot silently lose to another.
@@ -234,19 +234,17 @@ impl KafkaConfig {
 /// settings, then the `DT_USERS_KAFKA_PROPERTIES_*` passthrough. Fails, naming the variable,
 /// on a combination that cannot be what the operator meant (TLS files with a plaintext
 /// protocol would connect without TLS).
-pub fn base_config(settings: &Settings) -> Result<KafkaConfig, String> {
+pub fn base_config(kafka: &KafkaSettings) -> Result<KafkaConfig, String> {
     let mut config = KafkaConfig::empty();
-    let bootstrap = settings
-        .kafka_bootstrap_servers()
-        .ok_or("DT_USERS_KAFKA_BOOTSTRAP_SERVERS: not set")?;
+    let bootstrap = &kafka.bootstrap_servers;
     config.set_from(
         "bootstrap.servers",
         bootstrap.trim(),
         "DT_USERS_KAFKA_BOOTSTRAP_SERVERS",
     );
     config.set("client.id", "dt-users");
-    security(settings, &mut config)?;
-    for (key, value) in &settings.kafka_properties {
+    security(kafka, &mut config)?;
+    for (key, value) in &kafka.properties {
         let variable = passthrough_variable(key);
         if let Some((_, owner)) = OWNED.iter().find(|(k, _)| k == key) {
             return Err(format!("{variable}: use {owner} instead"));
@@ -262,8 +260,8 @@ pub fn base_config(settings: &Settings) -> Result<KafkaConfig, String> {
     Ok(config)
 }
 
-fn security(settings: &Settings, config: &mut KafkaConfig) -> Result<(), String> {
-    let protocol = present(settings.kafka_security_protocol.as_deref());
+fn security(kafka: &KafkaSettings, config: &mut KafkaConfig) -> Result<(), String> {
+    let protocol = present(kafka.security_protocol.as_deref());
     let normalized = protocol.map(str::to_ascii_lowercase);
     let tls = matches!(normalized.as_deref(), Some("ssl" | "sasl_ssl"));
     let sasl = matches!(normalized.as_deref(), Some("sasl_plaintext" | "sasl_ssl"));
@@ -279,17 +277,17 @@ fn security(settings: &Settings, config: &mut KafkaConfig) -> Result<(), String>
     let paths = [
         (
             "ssl.ca.location",
-            settings.kafka_ssl_ca_location.as_deref(),
+            kafka.ssl_ca_location.as_deref(),
             "DT_USERS_KAFKA_SSL_CA_LOCATION",
         ),
         (
             "ssl.certificate.location",
-            settings.kafka_ssl_certificate_location.as_deref(),
+            kafka.ssl_certificate_location.as_deref(),
             "DT_USERS_KAFKA_SSL_CERTIFICATE_LOCATION",
         ),
         (
             "ssl.key.location",
-            settings.kafka_ssl_key_location.as_deref(),
+            kafka.ssl_key_location.as_deref(),
             "DT_USERS_KAFKA_SSL_KEY_LOCATION",
         ),
     ];
@@ -307,7 +305,7 @@ fn security(settings: &Settings, config: &mut KafkaConfig) -> Result<(), String>
             .ok_or_else(|| format!("{variable}: the path is not valid UTF-8"))?;
         config.set_from(key, path, variable);
     }
-    if let Some(password) = &settings.kafka_ssl_key_password {
+    if let Some(password) = &kafka.ssl_key_password {
         if !tls {
             return Err(format!(
                 "DT_USERS_KAFKA_SSL_KEY_PASSWORD: set, but DT_USERS_KAFKA_SECURITY_PROTOCOL ({shown}) does not use TLS"
@@ -321,14 +319,14 @@ fn security(settings: &Settings, config: &mut KafkaConfig) -> Result<(), String>
         config.secrets.push(password.clone());
     }
 
-    let mechanism = present(settings.kafka_sasl_mechanism.as_deref());
-    let username = present(settings.kafka_sasl_username.as_deref());
+    let mechanism = present(kafka.sasl_mechanism.as_deref());
+    let username = present(kafka.sasl_username.as_deref());
     for (variable, given) in [
         ("DT_USERS_KAFKA_SASL_MECHANISM", mechanism.is_some()),
         ("DT_USERS_KAFKA_SASL_USERNAME", username.is_some()),
         (
             "DT_USERS_KAFKA_SASL_PASSWORD",
-            settings.kafka_sasl_password.is_some(),
+            kafka.sasl_password.is_some(),
         ),
     ] {
         if given && !sasl {
@@ -350,7 +348,7 @@ fn security(settings: &Settings, config: &mut KafkaConfig) -> Result<(), String>
         if let Some(username) = username {
             config.set_from("sasl.username", username, "DT_USERS_KAFKA_SASL_USERNAME");
         }
-        if let Some(password) = &settings.kafka_sasl_password {
+        if let Some(password) = &kafka.sasl_password {
             config.set_from(
                 "sasl.password",
                 password.expose_secret(),
@@ -365,6 +363,7 @@ fn security(settings: &Settings, config: &mut KafkaConfig) -> Result<(), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Settings;
     use rdkafka::producer::BaseProducer;
 
     fn settings() -> Settings {
@@ -375,7 +374,11 @@ mod tests {
     }
 
     fn refusal(settings: &Settings) -> String {
-        match base_config(settings).and_then(|c| c.create::<BaseProducer>().map(|_| ())) {
+        let kafka = match settings.validate() {
+            Ok(config) => config.kafka.unwrap(),
+            Err(e) => return e.to_string(),
+        };
+        match base_config(&kafka).and_then(|c| c.create::<BaseProducer>().map(|_| ())) {
             Ok(()) => String::from("accepted"),
             Err(e) => e,
         }
@@ -453,7 +456,12 @@ mod tests {
         assert!(refusal(&s).starts_with("DT_USERS_KAFKA_PROPERTIES_ACKS: dt-users sets acks"));
         s.kafka_properties = vec![("client.id".into(), "relay-7".into())];
         assert_eq!(refusal(&s), "accepted");
-        assert_eq!(base_config(&s).unwrap().get("client.id"), Some("relay-7"));
+        assert_eq!(
+            base_config(&s.validate().unwrap().kafka.unwrap())
+                .unwrap()
+                .get("client.id"),
+            Some("relay-7")
+        );
     }
 
     #[test]
@@ -466,7 +474,7 @@ mod tests {
         s.kafka_sasl_password = Some(secret.into());
         s.kafka_ssl_key_password = Some(secret.into());
         s.kafka_properties = vec![("linger.ms".into(), secret.into())];
-        let config = base_config(&s).unwrap();
+        let config = base_config(&s.validate().unwrap().kafka.unwrap()).unwrap();
         let error = refusal(&s);
         assert!(
             error.starts_with("DT_USERS_KAFKA_PROPERTIES_LINGER_MS: "),

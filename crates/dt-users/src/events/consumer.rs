@@ -10,7 +10,42 @@ use uuid::Uuid;
 
 use super::client::base_config;
 use super::relay::producer_config;
-use crate::service::{App, Command, CommandOutcome, ServiceError};
+use crate::config::{CommandsConfig, KafkaSettings};
+use crate::runner::BoxError;
+use crate::service::{Command, CommandOutcome};
+
+/// What the consumer applies commands with: given to it, so that it knows nothing of how.
+pub trait CommandHandler: Send + Sync {
+    /// Applies `command` once for its `id` (a redelivery is recognised).
+    fn apply(
+        &self,
+        id: &str,
+        command: &Command,
+    ) -> impl Future<Output = Result<CommandOutcome, HandlingError>> + Send;
+
+    /// Records that the command `id` was rejected for good, so a redelivery is recognised.
+    fn record_rejected(
+        &self,
+        id: &str,
+        command_type: &'static str,
+    ) -> impl Future<Output = Result<(), HandlingError>> + Send;
+}
+
+/// Why a command could not be applied now, as the consumer must treat it.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlingError {
+    /// A dependency is down: the command waits for it, however long, without spending its
+    /// attempts.
+    #[error("{0}")]
+    Unavailable(#[source] BoxError),
+    /// Refused for a passing reason (a deadlock, a lock wait): tried again, a bounded number
+    /// of times.
+    #[error("{0}")]
+    Busy(#[source] BoxError),
+    /// Anything else: the command goes to the DLQ.
+    #[error("{0}")]
+    Failed(#[source] BoxError),
+}
 
 /// How often a consumer whose commands topic does not exist yet looks again.
 const TOPIC_RECHECK: Duration = Duration::from_secs(2);
@@ -18,8 +53,10 @@ const TOPIC_RECHECK: Duration = Duration::from_secs(2);
 /// Reads `devtalk.users.commands` in a consumer group and applies each command once. An
 /// offset is committed only after the command's effect is durable; a message that cannot be
 /// parsed or applied goes to the DLQ with the reason in its headers, and the next one follows.
-pub struct CommandConsumer {
-    app: Arc<App>,
+pub struct CommandConsumer<H> {
+    handler: H,
+    kafka: KafkaSettings,
+    max_attempts: u32,
     consumer: ClosedApart,
     dlq: FutureProducer,
 }
@@ -76,10 +113,10 @@ impl Drop for ClosedApart {
     }
 }
 
-impl std::fmt::Debug for CommandConsumer {
+impl<H> std::fmt::Debug for CommandConsumer<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CommandConsumer")
-            .field("topic", &self.app.settings.kafka_commands_topic)
+            .field("topic", &self.kafka.commands_topic)
             .finish_non_exhaustive()
     }
 }
@@ -126,37 +163,38 @@ pub fn parse_command(payload: Option<&[u8]>) -> Result<(String, Command), String
     Ok((id, command))
 }
 
-impl CommandConsumer {
-    pub fn new(app: Arc<App>) -> Result<Self, String> {
-        let settings = &app.settings;
-        let mut config = base_config(settings)?;
+impl<H: CommandHandler> CommandConsumer<H> {
+    pub fn new(
+        handler: H,
+        kafka: &KafkaSettings,
+        commands: &CommandsConfig,
+    ) -> Result<Self, String> {
+        let mut config = base_config(kafka)?;
         config
-            .set_from(
-                "group.id",
-                &settings.kafka_group_id,
-                "DT_USERS_KAFKA_GROUP_ID",
-            )
+            .set_from("group.id", &kafka.group_id, "DT_USERS_KAFKA_GROUP_ID")
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set_from(
                 "session.timeout.ms",
-                settings.kafka_session_timeout_ms.to_string(),
+                kafka.session_timeout_ms.to_string(),
                 "DT_USERS_KAFKA_SESSION_TIMEOUT_MS",
             )
             .set_from(
                 "heartbeat.interval.ms",
-                settings.kafka_heartbeat_interval_ms.to_string(),
+                kafka.heartbeat_interval_ms.to_string(),
                 "DT_USERS_KAFKA_HEARTBEAT_INTERVAL_MS",
             )
             .set_from(
                 "fetch.wait.max.ms",
-                settings.kafka_fetch_wait_max_ms.to_string(),
+                kafka.fetch_wait_max_ms.to_string(),
                 "DT_USERS_KAFKA_FETCH_WAIT_MAX_MS",
             );
         let consumer: StreamConsumer = config.create()?;
-        let dlq: FutureProducer = producer_config(settings)?.create()?;
+        let dlq: FutureProducer = producer_config(kafka)?.create()?;
         Ok(Self {
-            app,
+            handler,
+            kafka: kafka.clone(),
+            max_attempts: commands.max_attempts.get(),
             consumer: ClosedApart {
                 client: Arc::new(consumer),
                 closed: None,
@@ -178,22 +216,22 @@ impl CommandConsumer {
     }
 
     async fn consume(&self, mut shutdown: watch::Receiver<bool>) {
-        let settings = &self.app.settings;
+        let kafka = &self.kafka;
         // Topics are created by `dt-users kafka create-topics` only. Waiting for the commands
         // topic before subscribing turns a missing topic into one clear warning, instead of a
         // stream of subscription errors, and the consumer starts within seconds of its creation.
         let mut warned = false;
         loop {
             match self.missing_topics().await {
-                Ok(missing) if !missing.contains(&settings.kafka_commands_topic) => {
-                    if missing.contains(&settings.kafka_dlq_topic) {
-                        tracing::warn!(topic = %settings.kafka_dlq_topic, "the DLQ topic does not exist: a command that cannot be applied will wait until it is created (`dt-users kafka create-topics`)");
+                Ok(missing) if !missing.contains(&kafka.commands_topic) => {
+                    if missing.contains(&kafka.dlq_topic) {
+                        tracing::warn!(topic = %kafka.dlq_topic, "the DLQ topic does not exist: a command that cannot be applied will wait until it is created (`dt-users kafka create-topics`)");
                     }
                     break;
                 }
                 Ok(_) if !warned => {
                     warned = true;
-                    tracing::warn!(topic = %settings.kafka_commands_topic, "the commands topic does not exist; waiting for it (create it with `dt-users kafka create-topics`)");
+                    tracing::warn!(topic = %kafka.commands_topic, "the commands topic does not exist; waiting for it (create it with `dt-users kafka create-topics`)");
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot read the cluster's topics; retrying"),
@@ -203,11 +241,11 @@ impl CommandConsumer {
                 () = tokio::time::sleep(TOPIC_RECHECK) => {}
             }
         }
-        if let Err(e) = self.consumer.subscribe(&[&settings.kafka_commands_topic]) {
+        if let Err(e) = self.consumer.subscribe(&[&kafka.commands_topic]) {
             tracing::error!(error = %e, "cannot subscribe to the commands topic");
             return;
         }
-        tracing::info!(topic = %settings.kafka_commands_topic, group = %settings.kafka_group_id, "command consumer started");
+        tracing::info!(topic = %kafka.commands_topic, group = %kafka.group_id, "command consumer started");
         let mut next_lag_report = tokio::time::Instant::now();
         loop {
             let message = tokio::select! {
@@ -242,11 +280,8 @@ impl CommandConsumer {
     /// off the async workers: the client call blocks).
     async fn missing_topics(&self) -> Result<Vec<String>, String> {
         let consumer = self.consumer.clone();
-        let settings = &self.app.settings;
-        let wanted = [
-            settings.kafka_commands_topic.clone(),
-            settings.kafka_dlq_topic.clone(),
-        ];
+        let kafka = &self.kafka;
+        let wanted = [kafka.commands_topic.clone(), kafka.dlq_topic.clone()];
         tokio::task::spawn_blocking(move || {
             let metadata = consumer
                 .fetch_metadata(None, Duration::from_secs(5))
@@ -309,14 +344,14 @@ impl CommandConsumer {
             Ok(parsed) => parsed,
             Err(reason) => return self.dead_letter(message, &reason, shutdown).await,
         };
-        let max_attempts = self.app.settings.command_max_attempts.max(1);
+        let max_attempts = self.max_attempts;
         let mut refusals: u32 = 0;
         let mut pauses: u32 = 0;
         // Why the command goes to the DLQ, and whether that is final for its id: an unknown
         // account is (a redelivery is recognised and not dead-lettered twice); a failure is
         // not, so that the command can be sent again, with its id, once the cause is fixed.
         let (rejection, final_for_id) = loop {
-            let error = match self.app.apply_command(&id, &command).await {
+            let error = match self.handler.apply(&id, &command).await {
                 Ok(CommandOutcome::Applied) => {
                     metrics::counter!("commands_total", "type" => command.type_name(), "outcome" => "applied").increment(1);
                     return true;
@@ -330,10 +365,10 @@ impl CommandConsumer {
                 Err(error) => error,
             };
             match error {
-                ServiceError::Unavailable(_) => {
+                HandlingError::Unavailable(_) => {
                     tracing::warn!(command_id = %id, error = %error, "a dependency is down; the command waits for it");
                 }
-                ServiceError::Busy(_) => {
+                HandlingError::Busy(_) => {
                     refusals = refusals.saturating_add(1);
                     if refusals >= max_attempts {
                         break (
@@ -343,7 +378,7 @@ impl CommandConsumer {
                     }
                     tracing::warn!(command_id = %id, error = %error, attempts = refusals, "command not applied yet; retrying");
                 }
-                other => break (format!("cannot be applied: {other}"), false),
+                HandlingError::Failed(e) => break (format!("cannot be applied: {e}"), false),
             }
             pauses = pauses.saturating_add(1);
             let wait =
@@ -358,11 +393,7 @@ impl CommandConsumer {
         if !self.dead_letter(message, &rejection, shutdown).await {
             return false;
         }
-        if final_for_id
-            && let Err(e) = self
-                .app
-                .record_rejected_command(&id, command.type_name())
-                .await
+        if final_for_id && let Err(e) = self.handler.record_rejected(&id, command.type_name()).await
         {
             tracing::warn!(error = %e, "rejected command not recorded");
         }
@@ -376,7 +407,7 @@ impl CommandConsumer {
         reason: &str,
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
-        let topic = &self.app.settings.kafka_dlq_topic;
+        let topic = &self.kafka.dlq_topic;
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
         loop {

@@ -11,7 +11,7 @@ use dt_users_store::OutboxRow;
 use serde_json::{Value, json};
 
 pub use client::{KafkaConfig, base_config};
-pub use consumer::{CommandConsumer, parse_command};
+pub use consumer::{CommandConsumer, CommandHandler, HandlingError, parse_command};
 pub use probe::KafkaProbe;
 pub use relay::{EventRelay, producer_config, relay_lease};
 pub use topics::{TopicCreation, create_topics};

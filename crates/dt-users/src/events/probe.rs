@@ -4,7 +4,7 @@ use std::time::Duration;
 use rdkafka::producer::{BaseProducer, Producer};
 
 use super::client::base_config;
-use crate::config::Settings;
+use crate::config::KafkaSettings;
 
 /// A Kafka client used only to ask the cluster for its metadata: "is Kafka reachable?".
 pub struct KafkaProbe(Arc<BaseProducer>);
@@ -18,8 +18,8 @@ impl std::fmt::Debug for KafkaProbe {
 impl KafkaProbe {
     /// With the same connection and security settings as every other client, so that "up"
     /// means the relay and the consumer can get through too.
-    pub fn new(settings: &Settings) -> Result<Self, String> {
-        let producer: BaseProducer = base_config(settings)?.create()?;
+    pub fn new(kafka: &KafkaSettings) -> Result<Self, String> {
+        let producer: BaseProducer = base_config(kafka)?.create()?;
         Ok(Self(Arc::new(producer)))
     }
 

@@ -10,7 +10,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::client::base_config;
-use crate::config::Settings;
+use crate::config::KafkaSettings;
 
 /// What happened to one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,18 +22,18 @@ pub enum TopicCreation {
 /// Creates the events, commands and DLQ topics with `partitions` partitions of `replication`
 /// replicas each; a topic that exists already is left as it is.
 pub async fn create_topics(
-    settings: &Settings,
+    kafka: &KafkaSettings,
     partitions: i32,
     replication: i32,
 ) -> Result<Vec<TopicCreation>, String> {
     if partitions < 1 || replication < 1 {
         return Err("partitions and replication must be at least 1".into());
     }
-    let admin: AdminClient<DefaultClientContext> = base_config(settings)?.create()?;
+    let admin: AdminClient<DefaultClientContext> = base_config(kafka)?.create()?;
     let names = [
-        settings.kafka_events_topic.as_str(),
-        settings.kafka_commands_topic.as_str(),
-        settings.kafka_dlq_topic.as_str(),
+        kafka.events_topic.as_str(),
+        kafka.commands_topic.as_str(),
+        kafka.dlq_topic.as_str(),
     ];
     let topics: Vec<NewTopic<'_>> = names
         .iter()

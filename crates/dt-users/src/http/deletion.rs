@@ -79,7 +79,7 @@ pub async fn request_restore(
     ApiJson(body): ApiJson<EmailRequest>,
 ) -> Result<Response, ApiError> {
     super::email::limit_email_request(&app, &client, &body.email).await?;
-    app.0.request_restore(&body.email);
+    app.app.request_restore(&body.email);
     Ok(accepted())
 }
 

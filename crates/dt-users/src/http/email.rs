@@ -129,7 +129,7 @@ pub async fn forgot(
     ApiJson(body): ApiJson<EmailRequest>,
 ) -> Result<Response, ApiError> {
     limit_email_request(&app, &client, &body.email).await?;
-    app.0.forgot_password(&body.email);
+    app.app.forgot_password(&body.email);
     Ok(accepted())
 }
 

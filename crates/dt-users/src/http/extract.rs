@@ -203,10 +203,10 @@ pub fn client_ip(parts: &Parts, app: &AppState) -> Option<IpAddr> {
         .map(|ConnectInfo(addr)| addr.ip())?;
     let lines = parts
         .headers
-        .get_all(app.trusted_proxies.header_name())
+        .get_all(app.edge.trusted_proxies.header_name())
         .iter()
         .map(HeaderValue::as_bytes);
-    Some(app.trusted_proxies.client_ip(peer, lines))
+    Some(app.edge.trusted_proxies.client_ip(peer, lines))
 }
 
 /// The key the per-client limits count a request from `ip` under.

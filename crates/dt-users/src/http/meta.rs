@@ -1,6 +1,7 @@
 //! Published keys, health and metrics.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
@@ -11,7 +12,7 @@ use serde::Serialize;
 use super::AppState;
 use super::extract::Client;
 use super::problem::ApiError;
-use crate::health::Report;
+use crate::health::{Readiness, Report};
 
 /// The public keys that verify access tokens (RFC 7517).
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "meta",
@@ -115,24 +116,25 @@ pub async fn ready(State(app): State<AppState>, client: Client, headers: HeaderM
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
-    let details = app.readiness.authorizes(presented);
-    if !details && !app.readiness.admit(client.ip_key(), app.now()).await {
+    let readiness = &app.edge.readiness;
+    let details = readiness.authorizes(presented);
+    if !details && !readiness.admit(client.ip_key(), app.now()).await {
         return ApiError::for_status(StatusCode::TOO_MANY_REQUESTS)
             .detail("Too many readiness checks; try again in a second.")
             .retry_after(1)
             .into_response();
     }
-    readiness_response(&app, details).await
+    readiness_response(readiness, details).await
 }
 
 /// `/health/ready` of the ops port of a background role: always with details, never limited
 /// (the port is an operator's, not the public's).
-pub async fn ready_with_details(State(app): State<AppState>) -> Response {
-    readiness_response(&app, true).await
+pub async fn ready_with_details(State(readiness): State<Arc<Readiness>>) -> Response {
+    readiness_response(&readiness, true).await
 }
 
-async fn readiness_response(app: &AppState, details: bool) -> Response {
-    let report = app.readiness.report(app).await;
+async fn readiness_response(readiness: &Readiness, details: bool) -> Response {
+    let report = readiness.report().await;
     let status = if report.all_up() {
         StatusCode::OK
     } else {

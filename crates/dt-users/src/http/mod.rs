@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -29,20 +29,39 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::health::Readiness;
+use crate::security::client_ip::TrustedProxies;
 use crate::service::App;
 
 /// Bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// The state every handler receives.
+/// The state every handler receives: the use-cases, and what only the HTTP edge needs. It
+/// dereferences to the use-cases.
 #[derive(Debug, Clone)]
-pub struct AppState(pub Arc<App>);
+pub struct AppState {
+    pub app: Arc<App>,
+    pub edge: Arc<Edge>,
+}
 
 impl Deref for AppState {
     type Target = App;
     fn deref(&self) -> &App {
-        &self.0
+        &self.app
     }
+}
+
+/// What only the HTTP edge needs.
+#[derive(Debug)]
+pub struct Edge {
+    /// Whose forwarding header names the client.
+    pub trusted_proxies: TrustedProxies,
+    /// What `/health/ready` reports, measured at most every few seconds.
+    pub readiness: Arc<Readiness>,
+    /// Empty: CORS off.
+    pub cors_allowed_origins: Vec<HeaderValue>,
+    /// Longer requests are answered 503.
+    pub request_timeout: Duration,
 }
 
 struct SecuritySchemes;
@@ -188,14 +207,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// CORS for the configured origins (comma-separated); none: CORS stays off.
-fn cors_layer(origins: &str) -> Option<tower_http::cors::CorsLayer> {
-    use axum::http::{HeaderName, HeaderValue, Method, header};
-    let origins: Vec<HeaderValue> = origins
-        .split(',')
-        .map(str::trim)
-        .filter(|o| !o.is_empty())
-        .filter_map(|o| HeaderValue::from_str(o).ok())
-        .collect();
+fn cors_layer(origins: &[HeaderValue]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, Method, header};
+    let origins = origins.to_vec();
     if origins.is_empty() {
         return None;
     }
@@ -221,7 +235,7 @@ fn cors_layer(origins: &str) -> Option<tower_http::cors::CorsLayer> {
 
 /// Health and metrics alone, for the background roles (`worker`, `relay`, `beat`, `consume`)
 /// when they are given a port.
-pub fn ops_router(app: Arc<App>) -> Router {
+pub fn ops_router(readiness: Arc<Readiness>) -> Router {
     Router::new()
         .route("/health/live", axum::routing::get(meta::live))
         .route(
@@ -229,7 +243,7 @@ pub fn ops_router(app: Arc<App>) -> Router {
             axum::routing::get(meta::ready_with_details),
         )
         .route("/metrics", axum::routing::get(meta::metrics))
-        .with_state(AppState(app))
+        .with_state(readiness)
         .fallback(middleware::not_found)
         .layer(
             ServiceBuilder::new()
@@ -240,11 +254,15 @@ pub fn ops_router(app: Arc<App>) -> Router {
 }
 
 /// The complete application: routes, docs, and the layers every request passes.
-pub fn router(app: Arc<App>, request_timeout: Duration) -> Router {
+pub fn router(app: Arc<App>, edge: Edge) -> Router {
     let (api, openapi) = routes();
     let docs = SwaggerUi::new("/docs").url("/openapi.json", openapi);
-    let state = AppState(app.clone());
-    let cors = cors_layer(&app.settings.cors_allowed_origins);
+    let cors = cors_layer(&edge.cors_allowed_origins);
+    let request_timeout = edge.request_timeout;
+    let state = AppState {
+        app,
+        edge: Arc::new(edge),
+    };
     api.with_state(state.clone())
         .merge(docs)
         .fallback(middleware::not_found)

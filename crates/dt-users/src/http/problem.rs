@@ -254,17 +254,17 @@ impl From<ServiceError> for ApiError {
                 Self::new(S::SERVICE_UNAVAILABLE, "overloaded", "Service overloaded")
                     .detail("Too many sign-ins are being checked right now; try again in a moment.")
             }
-            ServiceError::Unavailable(cause) | ServiceError::Busy(cause) => {
+            ServiceError::Unavailable(_) | ServiceError::Busy(_) => {
                 Self::new(S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
                     .detail("A dependency is unavailable; try again shortly.")
-                    .cause(cause)
+                    .cause(err.to_string())
             }
-            ServiceError::Internal(cause) => Self::new(
+            ServiceError::Internal(_) => Self::new(
                 S::INTERNAL_SERVER_ERROR,
                 "internal_error",
                 "Internal server error",
             )
-            .cause(cause),
+            .cause(err.to_string()),
         }
     }
 }

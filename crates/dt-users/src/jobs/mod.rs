@@ -9,10 +9,9 @@ mod worker;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use beat::Beat;
-pub use queue::JobQueue;
+pub use beat::{Beat, MailFiles, Sweeps};
+pub use queue::{JobQueue, QueueError};
 pub use relay::OutboxRelay;
-pub(crate) use relay::PollPause;
 pub use worker::{EmailWorker, worker_name};
 
 /// Send the email of one outbox intent. Delivered at least once; the worker makes that

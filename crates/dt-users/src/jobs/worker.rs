@@ -11,21 +11,14 @@ use dt_users_store::{self as store, Db, DeliveryClaim};
 use tokio::sync::watch;
 
 use super::{JobQueue, SendEmailJob};
-use crate::config::Settings;
+use crate::config::JobsConfig;
 use crate::email::{EmailIntent, Mailer, SendError, render};
 use crate::security::email_token::EmailTokens;
 
 /// A name unique to this process (`email@host-pid-random`), so that the queue can tell a
 /// dead worker's orphaned jobs from a live one's.
 pub fn worker_name() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    format!("email@{host}-{}-{suffix}", std::process::id())
+    crate::runner::process_name("email")
 }
 
 /// Sends the emails of [`SendEmailJob`]s.
@@ -43,6 +36,16 @@ struct WorkerState {
     valid_hours: u64,
     claim_lease_ms: i64,
     clock: Arc<dyn Clock>,
+    run: RunConfig,
+}
+
+/// How jobs are run: attempts, their backoff and timeout, how many at once.
+#[derive(Debug, Clone, Copy)]
+struct RunConfig {
+    max_attempts: usize,
+    backoff: (Duration, Duration),
+    timeout: Duration,
+    concurrency: usize,
 }
 
 impl std::fmt::Debug for EmailWorker {
@@ -58,8 +61,11 @@ impl std::fmt::Debug for EmailWorker {
 struct JobFailed(String);
 
 impl EmailWorker {
+    /// `email_token_ttl`: how long the links it sends live (the emails say so).
     pub fn new(
-        settings: &Settings,
+        jobs: &JobsConfig,
+        public_url: &url::Url,
+        email_token_ttl: Duration,
         db: Db,
         mailer: Mailer,
         tokens: EmailTokens,
@@ -71,10 +77,17 @@ impl EmailWorker {
                 db,
                 mailer,
                 tokens,
-                public_url: settings.public_url.clone(),
-                valid_hours: settings.email_token_ttl / 3600,
-                claim_lease_ms: i64::try_from(settings.email_claim_lease_ms).unwrap_or(i64::MAX),
+                public_url: public_url.as_str().to_owned(),
+                valid_hours: email_token_ttl.as_secs() / 3600,
+                claim_lease_ms: i64::try_from(jobs.email_claim_lease.as_millis())
+                    .unwrap_or(i64::MAX),
                 clock,
+                run: RunConfig {
+                    max_attempts: jobs.max_attempts.get(),
+                    backoff: (jobs.backoff, jobs.backoff_max),
+                    timeout: jobs.timeout,
+                    concurrency: jobs.concurrency.get(),
+                },
             }),
         }
     }
@@ -183,23 +196,13 @@ impl EmailWorker {
 
     /// Runs the worker on `queue` until `shutdown` turns true; in-flight jobs finish first.
     /// A queue that fails (Redis down) is reconnected after a pause.
-    pub async fn run(
-        self,
-        queue: JobQueue,
-        settings: &Settings,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        let max_attempts = settings.job_max_attempts.max(1);
-        let backoff = (
-            Duration::from_millis(settings.job_backoff_ms.max(1)),
-            Duration::from_millis(
-                settings
-                    .job_backoff_max_ms
-                    .max(settings.job_backoff_ms.max(1)),
-            ),
-        );
-        let timeout = Duration::from_secs(settings.job_timeout_secs.max(1));
-        let concurrency = settings.worker_concurrency.max(1);
+    pub async fn run(self, queue: JobQueue, mut shutdown: watch::Receiver<bool>) {
+        let RunConfig {
+            max_attempts,
+            backoff,
+            timeout,
+            concurrency,
+        } = self.state.run;
         tracing::info!(
             worker = self.name(),
             queue = queue.backend(),

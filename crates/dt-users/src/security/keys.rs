@@ -8,11 +8,9 @@ use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{DecodingKey, EncodingKey};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-
-use crate::config::Settings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -58,20 +56,25 @@ impl std::fmt::Debug for SigningKeys {
 }
 
 impl SigningKeys {
-    /// Loads the configured keys. With none configured, the embedded default keeps one under
-    /// `data_dir` (generated on first start); any other setup must configure its keys.
-    pub fn load(settings: &Settings) -> Result<Self, KeyError> {
-        if let Some(pem) = &settings.signing_keys {
+    /// Loads the configured keys (`pem`, or else the file `file`). With none configured, the
+    /// embedded default keeps one in `embedded_dir` (generated on first start); any other
+    /// setup (`embedded_dir` is `None`) must configure its keys.
+    pub fn load(
+        pem: Option<&SecretString>,
+        file: Option<&Path>,
+        embedded_dir: Option<&Path>,
+    ) -> Result<Self, KeyError> {
+        if let Some(pem) = pem {
             return Self::from_pem(pem.expose_secret().as_bytes());
         }
-        if let Some(path) = &settings.signing_keys_file {
+        if let Some(path) = file {
             let pem = read(path)?;
             return Self::from_pem(&pem);
         }
-        if !settings.is_embedded_database() {
+        let Some(dir) = embedded_dir else {
             return Err(KeyError::Missing);
-        }
-        let path = settings.data_dir.join("signing-key.pem");
+        };
+        let path = dir.join("signing-key.pem");
         if path.exists() {
             return Self::from_pem(&read(&path)?);
         }

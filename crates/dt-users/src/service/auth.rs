@@ -69,7 +69,7 @@ impl App {
         let access_token = self
             .tokens
             .issue(subject, now)
-            .map_err(|e| ServiceError::Internal(format!("signing an access token: {e}")))?;
+            .map_err(ServiceError::internal)?;
         Ok(TokenPair {
             access_token,
             refresh_token,
@@ -134,7 +134,7 @@ impl App {
             user_id: user.id,
             created_at: now,
             last_used_at: now,
-            expires_at: now.plus_secs(self.settings.refresh_token_ttl),
+            expires_at: now.plus_secs(self.policy.refresh_ttl.as_secs()),
             user_agent: client.user_agent,
             ip: client.ip,
         };
@@ -186,8 +186,8 @@ impl App {
         )
         .await?;
         let next = token.next(token.generation.saturating_add(1));
-        let grace_ms = i64::try_from(self.settings.refresh_reuse_grace.saturating_mul(1000))
-            .unwrap_or(i64::MAX);
+        let grace_ms =
+            i64::try_from(self.policy.refresh_reuse_grace.as_millis()).unwrap_or(i64::MAX);
         let rotation = self
             .sessions
             .rotate(&presented, &next.secrets().current_hash, now, grace_ms)

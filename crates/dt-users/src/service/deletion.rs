@@ -38,7 +38,7 @@ impl App {
         let user = self.current_user(subject).await?;
         self.check_current_password(&user, password).await?;
         let now = self.now();
-        let restore_until = now.plus_secs(self.settings.deletion_grace_period);
+        let restore_until = now.plus_secs(self.policy.deletion_grace.as_secs());
         let ended = transact!(self, |tx| {
             let mut user = store::lock_user(tx, user.id, self.db.dialect())
                 .await?

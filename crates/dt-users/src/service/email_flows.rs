@@ -107,7 +107,7 @@ impl App {
         };
         if let Some(EmailToken { purpose, not_after }) = token {
             let token = self.email_tokens.token_for(intent.id);
-            let ttl_end = now.plus_secs(self.settings.email_token_ttl);
+            let ttl_end = now.plus_secs(self.policy.email_token_ttl.as_secs());
             let expires_at = not_after.map_or(ttl_end, |limit| ttl_end.min(limit));
             store::insert_email_token(
                 conn,
@@ -120,8 +120,7 @@ impl App {
             )
             .await?;
         }
-        let payload =
-            serde_json::to_string(&intent).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let payload = serde_json::to_string(&intent).map_err(ServiceError::internal)?;
         let row = NewOutboxRow {
             id: intent.id,
             kind: OutboxKind::Email,
@@ -131,11 +130,6 @@ impl App {
         };
         store::insert_outbox(conn, &row, now).await?;
         Ok(())
-    }
-
-    /// Tells the in-process relay that outbox rows were committed.
-    pub(super) fn outbox_committed(&self) {
-        self.outbox_notify.notify_one();
     }
 
     /// Sends a fresh verification link to the caller's address (nothing when verified),

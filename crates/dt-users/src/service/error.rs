@@ -1,6 +1,7 @@
 use dt_users_domain::FieldError;
 use dt_users_store::{Conflict, StoreError};
 
+use crate::runner::BoxError;
 use crate::security::password_hasher::HashError;
 use crate::sessions::SessionStoreError;
 
@@ -50,20 +51,26 @@ pub enum ServiceError {
     /// Password hashing is saturated: shed at once, not queued.
     #[error("password hashing is overloaded")]
     Overloaded,
+    /// The database or the session store cannot be reached (the source says which).
     #[error("a dependency is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] BoxError),
     /// The database refused for a passing reason (deadlock, lock wait, failover); the
     /// transaction rolled back whole and may be run again.
     #[error("the database is busy: {0}")]
-    Busy(String),
+    Busy(#[source] StoreError),
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] BoxError),
 }
 
 impl ServiceError {
     /// True when the failed transaction may succeed if run again.
     pub fn is_busy(&self) -> bool {
         matches!(self, Self::Busy(_))
+    }
+
+    /// An internal error of `cause` (an error, or a message).
+    pub fn internal(cause: impl Into<BoxError>) -> Self {
+        Self::Internal(cause.into())
     }
 }
 
@@ -72,9 +79,9 @@ impl From<StoreError> for ServiceError {
         match err {
             StoreError::Conflict(Conflict::Email) => Self::EmailTaken,
             StoreError::Conflict(Conflict::Username) => Self::UsernameTaken,
-            StoreError::Unavailable(e) => Self::Unavailable(format!("database: {e}")),
-            StoreError::Busy(e) => Self::Busy(format!("database: {e}")),
-            other => Self::Internal(other.to_string()),
+            err @ StoreError::Unavailable(_) => Self::Unavailable(Box::new(err)),
+            err @ StoreError::Busy(_) => Self::Busy(err),
+            other => Self::Internal(Box::new(other)),
         }
     }
 }
@@ -88,8 +95,8 @@ impl From<sqlx::Error> for ServiceError {
 impl From<SessionStoreError> for ServiceError {
     fn from(err: SessionStoreError) -> Self {
         match err {
-            SessionStoreError::Unavailable(e) => Self::Unavailable(format!("session store: {e}")),
-            SessionStoreError::Corrupt(e) => Self::Internal(e),
+            err @ SessionStoreError::Unavailable(_) => Self::Unavailable(Box::new(err)),
+            err @ SessionStoreError::Corrupt(_) => Self::Internal(Box::new(err)),
         }
     }
 }
@@ -98,7 +105,7 @@ impl From<HashError> for ServiceError {
     fn from(err: HashError) -> Self {
         match err {
             HashError::Overloaded => Self::Overloaded,
-            HashError::Failed(e) => Self::Internal(e),
+            err @ HashError::Failed(_) => Self::Internal(Box::new(err)),
         }
     }
 }

@@ -73,7 +73,7 @@ impl App {
     ) -> Result<(), ServiceError> {
         let row = event_row(user_id, event_type, &data);
         store::insert_outbox(conn, &row, self.now()).await?;
-        if self.settings.kafka_bootstrap_servers().is_none() {
+        if !self.policy.events_published {
             tracing::info!(event = event_type, %user_id, event_id = %row.id, "event recorded; no Kafka configured, it stays in the outbox");
         }
         Ok(())
@@ -155,7 +155,7 @@ impl App {
         };
         let stored = match serde_json::to_string(&deferred) {
             Ok(record) => self.sessions.defer_event(&record).await.map_err(Into::into),
-            Err(e) => Err(ServiceError::Internal(e.to_string())),
+            Err(e) => Err(ServiceError::internal(e)),
         };
         match stored {
             Ok(()) => metrics::counter!("events_deferred_total").increment(1),

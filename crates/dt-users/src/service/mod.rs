@@ -7,22 +7,25 @@ mod email_change;
 mod email_flows;
 mod error;
 mod events;
+mod maintenance;
 mod moderation;
 mod password_check;
 mod profile;
 #[macro_use]
 mod transaction;
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dt_users_domain::{Clock, Timestamp};
 use dt_users_store::Db;
 
-use crate::config::Settings;
+use crate::runner::OutboxSignal;
 use crate::security::access_token::AccessTokens;
 use crate::security::email_token::EmailTokens;
 use crate::security::password_hasher::PasswordHasherPool;
-use crate::security::rate_limit::Quota;
+use crate::security::rate_limit::{Quota, RateLimiter, Rules};
 use crate::sessions::SessionStore;
 
 pub use accounts::RegisterInput;
@@ -30,27 +33,47 @@ pub use auth::{ClientInfo, LogoutScope, TokenPair};
 pub use deletion::AccountExport;
 pub use email_change::CancelOutcome;
 pub use error::ServiceError;
+pub use maintenance::SweepReport;
 pub use moderation::{Command, CommandOutcome};
 pub use profile::ProfilePatch;
 
-/// Everything the use-cases need, built once per process.
+/// Everything the use-cases need, built once per process. It knows nothing of HTTP, Kafka or
+/// the job queue: the use-cases write to the database and its outbox, and the relays take it
+/// from there.
 #[derive(Debug)]
 pub struct App {
-    pub settings: Settings,
+    pub policy: Policy,
     pub db: Db,
+    /// Signalled after each commit, so the in-process relays hand the outbox rows on at once.
+    pub outbox: OutboxSignal,
     pub sessions: SessionStore,
     pub tokens: AccessTokens,
     pub hasher: PasswordHasherPool,
     pub email_tokens: EmailTokens,
     pub clock: Arc<dyn Clock>,
-    /// Woken after a commit that wrote outbox rows, so the in-process relay picks them up
-    /// at once instead of at its next poll.
-    pub outbox_notify: Arc<tokio::sync::Notify>,
-    pub limiter: crate::security::rate_limit::RateLimiter,
-    pub limits: crate::security::rate_limit::Rules,
-    pub trusted_proxies: crate::security::client_ip::TrustedProxies,
-    /// What `/health/ready` reports, measured at most every few seconds.
-    pub readiness: crate::health::Readiness,
+    pub limiter: RateLimiter,
+    pub limits: Rules,
+}
+
+/// The settings the use-cases decide by.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// How long a session (and so its refresh tokens) lives, from sign-in.
+    pub refresh_ttl: Duration,
+    /// How long after a rotation the old refresh token is refused without ending the session.
+    pub refresh_reuse_grace: Duration,
+    /// How long an emailed token lives.
+    pub email_token_ttl: Duration,
+    /// How long a deleted account can be restored.
+    pub deletion_grace: Duration,
+    /// Password checks of one account running at once.
+    pub password_checks_in_flight: NonZeroU32,
+    /// Accounts erased at most per sweep.
+    pub purge_batch: NonZeroU32,
+    /// How long the ids of handled commands are kept.
+    pub command_retention: Duration,
+    /// Whether a relay publishes events (Kafka is configured); only logs differ.
+    pub events_published: bool,
 }
 
 impl App {

@@ -24,7 +24,7 @@ impl App {
         stored: Option<String>,
     ) -> Result<Verified, ServiceError> {
         let now = self.now();
-        let in_flight = self.settings.password_checks_in_flight.max(1);
+        let in_flight = self.policy.password_checks_in_flight.get();
         let slot = self
             .limiter
             .acquire(

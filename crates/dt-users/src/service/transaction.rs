@@ -36,7 +36,7 @@ macro_rules! transact {
                 }
                 outcome => {
                     if outcome.is_ok() {
-                        app.outbox_committed();
+                        app.outbox.committed();
                     }
                     break outcome;
                 }

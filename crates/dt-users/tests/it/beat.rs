@@ -2,16 +2,12 @@
 
 use std::time::Duration;
 
-use dt_users::jobs::Beat;
-
 use crate::helpers::TestApp;
 
 #[tokio::test]
 async fn exactly_one_beat_sweeps_and_another_takes_over_when_it_dies() {
     let app = TestApp::spawn().await;
-    let beats: Vec<Beat> = (0..3)
-        .map(|_| Beat::new(app.app.clone(), Duration::from_secs(60)))
-        .collect();
+    let beats: Vec<_> = (0..3).map(|_| app.beat(Duration::from_secs(60))).collect();
     for round in 0..3 {
         let mut swept = 0;
         for beat in &beats {

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dt_users::jobs::Beat;
 use dt_users::service::{Command, CommandOutcome};
 use reqwest::StatusCode;
 use sqlx::Row;
@@ -99,7 +98,7 @@ async fn handled_command_ids_are_swept_once_older_than_the_retention() {
     let app = TestApp::spawn_with(|s| s.command_retention = RETENTION).await;
     let mut db = app.db().await;
     let user_id = register(&app, "ada").await;
-    let beat = Beat::new(app.app.clone(), Duration::from_secs(60));
+    let beat = app.beat(Duration::from_secs(60));
 
     let ban = Command::Ban {
         user_id,

@@ -140,6 +140,7 @@ async fn a_worker_killed_while_sending_is_replaced_and_the_email_arrives_at_most
     .await;
     let relay = dt_users::startup::Background::start(
         &app.app,
+        app.config(),
         dt_users::startup::Roles {
             relay: true,
             worker: false,

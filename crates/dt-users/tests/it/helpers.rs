@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use dt_users::config::Settings;
+use dt_users::config::{Config, Settings};
 use dt_users::domain::ManualClock;
 use dt_users::security::keys::generate_pem;
 use dt_users::service::App;
@@ -137,7 +137,7 @@ impl TestApp {
     pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> Self {
         // `DT_USERS_TEST_LOG=1` shows the service's logs while debugging a test.
         if std::env::var_os("DT_USERS_TEST_LOG").is_some() {
-            dt_users::telemetry::init_logging("pretty");
+            dt_users::telemetry::init_logging(dt_users::config::LogFormat::Pretty);
         }
         let (db_name, db_url) = create_database().await;
         let redis_prefix = format!("dtu-test:{}", uuid::Uuid::new_v4().simple());
@@ -475,16 +475,24 @@ impl Drop for CuttableProxy {
 pub struct Instance {
     pub base: String,
     pub app: Arc<App>,
+    /// The settings it was started with, and what they were parsed into.
+    pub settings: Settings,
+    pub config: Config,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
 impl Instance {
     /// Serves `settings` on a free port, on `clock`.
     async fn start(settings: Settings, clock: &ManualClock) -> Self {
-        let application =
-            Application::build_with_clock(settings, "127.0.0.1", 0, Arc::new(clock.clone()))
-                .await
-                .unwrap();
+        let application = Application::build_with_clock(
+            settings.clone(),
+            "127.0.0.1",
+            0,
+            Arc::new(clock.clone()),
+        )
+        .await
+        .unwrap();
+        let config = application.config().clone();
         let base = format!("http://{}", application.local_addr().unwrap());
         let app = application.app();
         let (tx, rx) = oneshot::channel::<()>();
@@ -494,6 +502,8 @@ impl Instance {
         Self {
             base,
             app,
+            settings,
+            config,
             shutdown: Some(tx),
         }
     }
@@ -518,9 +528,34 @@ impl Drop for Instance {
 impl TestApp {
     /// Starts another instance with this app's settings changed by `adjust`, on its clock.
     pub async fn another_instance(&self, adjust: impl FnOnce(&mut Settings)) -> Instance {
-        let mut settings = self.app.settings.clone();
+        let mut settings = self.instance.settings.clone();
         adjust(&mut settings);
         Instance::start(settings, &self.clock).await
+    }
+
+    /// What they were parsed into.
+    pub fn config(&self) -> &Config {
+        &self.instance.config
+    }
+
+    /// Beat, sweeping this app's database with its use-cases (and its mail files, if any).
+    pub fn beat(&self, interval: std::time::Duration) -> dt_users::jobs::Beat<Arc<App>> {
+        let config = self.config();
+        let mail_files = config
+            .email
+            .smtp_url
+            .is_none()
+            .then(|| dt_users::jobs::MailFiles {
+                dir: config.data_dir.join("mail"),
+                link_ttl: config.email.token_ttl,
+            });
+        dt_users::jobs::Beat::new(
+            self.app.clone(),
+            self.app.db.clone(),
+            self.app.clock.clone(),
+            interval,
+            mail_files,
+        )
     }
 }
 

@@ -104,9 +104,8 @@ pub async fn create_topics(bootstrap: &str) {
         kafka_bootstrap_servers: Some(bootstrap.to_owned()),
         ..dt_users::config::Settings::default()
     };
-    dt_users::events::create_topics(&settings, 1, 1)
-        .await
-        .unwrap();
+    let kafka = settings.validate().unwrap().kafka.unwrap();
+    dt_users::events::create_topics(&kafka, 1, 1).await.unwrap();
 }
 
 impl Drop for Broker {

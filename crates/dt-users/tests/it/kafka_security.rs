@@ -181,9 +181,8 @@ impl SecureKafka {
         if !authentication {
             let mut settings = Settings::default();
             kafka.configure(&mut settings, None);
-            dt_users::events::create_topics(&settings, 1, 1)
-                .await
-                .unwrap();
+            let kafka = settings.validate().unwrap().kafka.unwrap();
+            dt_users::events::create_topics(&kafka, 1, 1).await.unwrap();
         }
         kafka
     }

@@ -144,9 +144,9 @@ async fn unknown_routes_and_methods_are_problem_documents() {
 #[tokio::test]
 async fn serve_refuses_a_database_behind_the_migrations() {
     let (name, url) = create_database().await;
-    let settings = test_settings(&url, "dtu-test:unused");
+    let config = test_settings(&url, "dtu-test:unused").validate().unwrap();
     let error =
-        dt_users::startup::build_app(settings, std::sync::Arc::new(dt_users::domain::SystemClock))
+        dt_users::startup::build_app(&config, std::sync::Arc::new(dt_users::domain::SystemClock))
             .await
             .unwrap_err();
     let message = error.to_string();
@@ -287,7 +287,8 @@ async fn the_ops_port_of_a_background_role_answers_with_request_ids_and_problem_
     let (app, mut proxy) = app_with_cuttable_redis(|_| {}).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ops = format!("http://{}", listener.local_addr().unwrap());
-    let router = dt_users::http::ops_router(app.app.clone());
+    let router =
+        dt_users::http::ops_router(dt_users::startup::readiness(app.config(), &app.app).unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });
 
     let missing = app

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use dt_users::jobs::Beat;
 use dt_users::startup::{Background, Roles};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -273,6 +272,7 @@ async fn the_embedded_mailers_files_are_removed_once_their_links_have_expired() 
     .await;
     let background = Background::start(
         &app.app,
+        app.config(),
         Roles {
             relay: true,
             worker: true,
@@ -282,9 +282,9 @@ async fn the_embedded_mailers_files_are_removed_once_their_links_have_expired() 
     )
     .await
     .unwrap();
-    let beat = Beat::new(app.app.clone(), Duration::from_secs(60));
-    let dir = app.app.settings.data_dir.join("mail");
-    let ttl = i64::try_from(app.app.settings.email_token_ttl).unwrap();
+    let beat = app.beat(Duration::from_secs(60));
+    let dir = app.config().data_dir.join("mail");
+    let ttl = i64::try_from(app.config().email.token_ttl.as_secs()).unwrap();
 
     app.register("ada@example.com", "ada").await;
     let started = std::time::Instant::now();
@@ -309,5 +309,5 @@ async fn the_embedded_mailers_files_are_removed_once_their_links_have_expired() 
     assert!(mail_files(&dir).is_empty(), "kept after its link expired");
 
     background.shutdown().await;
-    let _ = std::fs::remove_dir_all(&app.app.settings.data_dir);
+    let _ = std::fs::remove_dir_all(&app.config().data_dir);
 }

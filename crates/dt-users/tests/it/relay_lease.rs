@@ -200,17 +200,26 @@ impl StallingProxy {
     }
 }
 
-/// A relay of its own (its own `App`, on the wall clock) on `app`'s database, reaching Kafka
-/// at `bootstrap`.
+/// A relay of its own (its own connections, on the wall clock) on `app`'s database, reaching
+/// Kafka at `bootstrap`.
 async fn relay(app: &TestApp, bootstrap: &str, message_timeout_ms: u64) -> EventRelay {
     let url = format!("{}/{}", mysql_server_url(), app.db_name);
     let mut settings = test_settings(&url, &app.redis_prefix);
     with_kafka(&mut settings, bootstrap);
     settings.kafka_message_timeout_ms = message_timeout_ms;
-    let relay_app = dt_users::startup::build_app(settings, Arc::new(SystemClock))
-        .await
-        .unwrap();
-    EventRelay::new(relay_app).unwrap()
+    let config = settings.validate().unwrap();
+    let db = dt_users::startup::open_db(&config).unwrap();
+    EventRelay::new(config.kafka.as_ref().unwrap(), db, Arc::new(SystemClock)).unwrap()
+}
+
+/// Runs `relay` as the `relay` role does (every 100 ms, under its lease) until `stopped`.
+async fn run(relay: EventRelay, stopped: watch::Receiver<bool>) {
+    let schedule = dt_users::runner::Schedule {
+        interval: Duration::from_millis(100),
+        wake: None,
+        lease: Some(relay.lease().clone()),
+    };
+    dt_users::runner::run(relay, schedule, stopped).await;
 }
 
 async fn insert_event(conn: &mut sqlx::AnyConnection, user: uuid::Uuid, n: i64) -> String {
@@ -280,7 +289,7 @@ async fn a_relay_stalled_past_the_old_lease_keeps_it_and_no_event_is_published_t
 
     // A starts alone, takes the lease and publishes a first event through the proxy.
     let a_holder = a.holder().to_owned();
-    let a_task = tokio::spawn(a.run(stopped.clone()));
+    let a_task = tokio::spawn(run(a, stopped.clone()));
     let users: Vec<uuid::Uuid> = (0..5).map(|_| uuid::Uuid::now_v7()).collect();
     let mut expected = vec![insert_event(&mut conn, users[0], 0).await];
     let started = Instant::now();
@@ -296,7 +305,7 @@ async fn a_relay_stalled_past_the_old_lease_keeps_it_and_no_event_is_published_t
         proxy.produce_requests.load(Ordering::SeqCst) > 0,
         "A publishes through the proxy"
     );
-    let b_task = tokio::spawn(b.run(stopped.clone()));
+    let b_task = tokio::spawn(run(b, stopped.clone()));
 
     // The broker stalls for A (B still reaches it); A picks a batch up and waits on it.
     proxy.stall(true);

@@ -111,31 +111,6 @@ pub struct Rules {
 }
 
 impl Rules {
-    pub fn from_settings(s: &crate::config::Settings) -> Result<Self, String> {
-        let q = |name: &str, text: &str| {
-            Quota::parse(text).map_err(|e| format!("DT_USERS_RATE_LIMIT_{name}: {e}"))
-        };
-        Ok(Self {
-            login_ip: q("LOGIN_IP", &s.rate_limit_login_ip)?,
-            login_account: q("LOGIN_ACCOUNT", &s.rate_limit_login_account)?,
-            login_ip_account: q("LOGIN_IP_ACCOUNT", &s.rate_limit_login_ip_account)?,
-            register_ip: q("REGISTER_IP", &s.rate_limit_register_ip)?,
-            email_target: q("EMAIL_TARGET", &s.rate_limit_email_target)?,
-            email_ip: q("EMAIL_IP", &s.rate_limit_email_ip)?,
-            refresh: q("REFRESH", &s.rate_limit_refresh)?,
-            email_change: q("EMAIL_CHANGE", &s.rate_limit_email_change)?,
-            global_ip: q("GLOBAL_IP", &s.rate_limit_global_ip)?,
-            ipv6_prefix: match s.rate_limit_ipv6_prefix {
-                bits @ 1..=128 => bits,
-                bits => {
-                    return Err(format!(
-                        "DT_USERS_RATE_LIMIT_IPV6_PREFIX: {bits} is not a prefix length of 1 to 128"
-                    ));
-                }
-            },
-        })
-    }
-
     /// The key every per-client limit counts `ip` under. An IPv6 subscriber is usually given
     /// a whole network (a /64 or more) and can take a new address from it for every request,
     /// so IPv6 is counted per network of [`Rules::ipv6_prefix`] bits: `2001:db8:1:2::/64`.
@@ -203,10 +178,13 @@ mod tests {
     }
 
     fn rules(ipv6_prefix: u8) -> Result<Rules, String> {
-        Rules::from_settings(&crate::config::Settings {
+        crate::config::Settings {
             rate_limit_ipv6_prefix: ipv6_prefix,
             ..crate::config::Settings::default()
-        })
+        }
+        .validate()
+        .map(|config| config.limits.rules)
+        .map_err(|e| e.to_string())
     }
 
     #[test]

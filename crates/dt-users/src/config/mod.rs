@@ -1,4 +1,15 @@
-//! One typed settings struct, loaded once: defaults, then `DT_USERS_*` environment variables.
+//! The settings: read once from `DT_USERS_*` environment variables over the defaults
+//! ([`Settings`], one field per variable), then parsed and checked into the grouped, typed
+//! [`Config`] the service runs on. A value that cannot be used stops the process with a
+//! message naming its variable.
+
+mod typed;
+
+pub use typed::{
+    CommandsConfig, Config, ConfigError, DatabaseConfig, DeletionConfig, EmailConfig,
+    HashingConfig, HttpConfig, JobsConfig, KafkaSettings, LimitsConfig, LogFormat, RedisConfig,
+    TokenConfig,
+};
 
 use std::path::PathBuf;
 
@@ -7,7 +18,9 @@ use figment::providers::{Env, Serialized};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-/// Every setting of the service. Each field is the environment variable `DT_USERS_<FIELD>`.
+/// Every setting of the service as read: each field is the environment variable
+/// `DT_USERS_<FIELD>`. Nothing reads these fields but [`Settings::validate`], which turns them
+/// into the [`Config`] in force.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {
@@ -123,7 +136,7 @@ pub struct Settings {
     /// Seconds a deleted account can be restored before it is erased.
     pub deletion_grace_period: u64,
     /// Accounts erased at most per sweep, so one sweep's work stays bounded.
-    pub purge_batch: i64,
+    pub purge_batch: u32,
     /// Seconds between two sweeps of `beat` (expired tokens, old records, and accounts due for
     /// erasure).
     pub purge_interval: u64,
@@ -290,42 +303,11 @@ impl Settings {
         settings.kafka_properties = kafka_properties(std::env::vars());
         Ok(settings)
     }
+}
 
-    /// The database URL in force: the configured one, or the embedded SQLite file.
-    pub fn effective_database_url(&self) -> String {
-        match &self.database_url {
-            Some(url) if !url.trim().is_empty() => url.trim().to_owned(),
-            _ => format!(
-                "sqlite://{}?mode=rwc",
-                self.data_dir.join("dt-users.db").display()
-            ),
-        }
-    }
-
-    /// True when no database is configured and the embedded SQLite file is in use.
-    pub fn is_embedded_database(&self) -> bool {
-        self.database_url
-            .as_deref()
-            .is_none_or(|url| url.trim().is_empty())
-    }
-
-    pub fn redis_url(&self) -> Option<&str> {
-        self.redis_url.as_deref().filter(|u| !u.trim().is_empty())
-    }
-
-    pub fn smtp_url(&self) -> Option<&str> {
-        self.smtp_url.as_deref().filter(|u| !u.trim().is_empty())
-    }
-
-    pub fn kafka_bootstrap_servers(&self) -> Option<&str> {
-        self.kafka_bootstrap_servers
-            .as_deref()
-            .filter(|u| !u.trim().is_empty())
-    }
-
-    pub fn jobs_url(&self) -> Option<&str> {
-        self.jobs_url.as_deref().filter(|u| !u.trim().is_empty())
-    }
+/// The environment variable of a settings field.
+pub fn variable_name(field: &str) -> String {
+    format!("DT_USERS_{}", field.to_ascii_uppercase())
 }
 
 /// The librdkafka properties of `DT_USERS_KAFKA_PROPERTIES_<NAME>` variables among `vars`:
