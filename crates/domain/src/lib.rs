@@ -4,6 +4,7 @@
 //! functions; past that point an invalid email, username or password cannot exist.
 
 mod clock;
+mod commands;
 mod field;
 mod password;
 mod profile;
@@ -11,6 +12,7 @@ mod time_fmt;
 mod user;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use commands::{Command, CommandEnvelope, CommandOutcome};
 pub use field::{FieldError, FieldErrors};
 pub use password::{NewPassword, PasswordRules, is_common_password, normalize_password};
 pub use profile::{AvatarUrl, Bio, DisplayName, Email, Username, is_reserved_username};
