@@ -1,7 +1,6 @@
 use dt_users_domain::{
     AccountStatus, DisplayName, Email, FieldErrors, NewPassword, PasswordRules, User, Username,
 };
-use std::collections::BTreeMap;
 
 use dt_users_store::{self as store, TokenPurpose};
 use uuid::Uuid;
@@ -9,7 +8,7 @@ use uuid::Uuid;
 use super::events::public_user_json;
 use super::transaction::transact;
 use super::{App, ServiceError};
-use crate::email::EmailKind;
+use crate::email::{EmailKind, NoParams};
 use crate::events::types;
 use crate::security::access_token::TokenSubject;
 
@@ -105,11 +104,10 @@ impl App {
                 .await?;
             self.queue_email(
                 tx,
-                EmailKind::Welcome,
+                EmailKind::Welcome(NoParams),
                 &user,
                 user.email.as_str(),
                 Some(TokenPurpose::VerifyEmail.into()),
-                BTreeMap::new(),
             )
             .await?;
         })?;

@@ -1,8 +1,6 @@
 //! Account deletion that can be undone: soft delete, restoration within the grace period,
 //! erasure after it, and the export of everything held about a user.
 
-use std::collections::BTreeMap;
-
 use dt_users_domain::{AccountStatus, Email, Timestamp, User};
 use dt_users_store::{self as store, TokenPurpose};
 use serde_json::json;
@@ -12,7 +10,7 @@ use super::email_flows::EmailToken;
 use super::events::public_user_json;
 use super::transaction::transact;
 use super::{App, ServiceError};
-use crate::email::EmailKind;
+use crate::email::{AccountRestoreParams, EmailKind};
 use crate::events::types;
 use crate::security::access_token::TokenSubject;
 use crate::sessions::Session;
@@ -82,17 +80,18 @@ impl App {
         user: &User,
         restore_until: Timestamp,
     ) -> Result<(), ServiceError> {
-        let params = BTreeMap::from([("restore_until".to_owned(), restore_until.to_rfc3339())]);
+        let email = EmailKind::AccountRestore(AccountRestoreParams {
+            restore_until: restore_until.to_rfc3339(),
+        });
         self.queue_email(
             conn,
-            EmailKind::AccountRestore,
+            email,
             user,
             user.email.as_str(),
             Some(EmailToken {
                 purpose: TokenPurpose::RestoreAccount,
                 not_after: Some(restore_until),
             }),
-            params,
         )
         .await
     }
