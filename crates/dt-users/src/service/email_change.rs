@@ -115,9 +115,7 @@ impl App {
             if store::address_reserved(tx, &address.lookup_key(), Some(user.id), now).await? {
                 return Err(ServiceError::EmailTaken);
             }
-            user.email = address;
-            user.email_verified = true;
-            user.updated_at = now;
+            let verified = user.confirm_email_change(address, now);
             store::update_user(tx, &user).await?;
             // Everything sent to the old address dies with the change — but the cancel links,
             // which exist to undo it.
@@ -128,7 +126,7 @@ impl App {
                 now,
             )
             .await?;
-            self.record_email_verified(tx, user.id).await?;
+            self.record(tx, &verified).await?;
             user
         })?;
         tracing::info!(user_id = %user.id, "email change confirmed");

@@ -189,11 +189,9 @@ impl App {
                 .user
                 .filter(|u| u.status == AccountStatus::Active && u.email.lookup_key() == sent_to)
                 .ok_or(ServiceError::InvalidEmailToken)?;
-            if !user.email_verified {
-                user.email_verified = true;
-                user.updated_at = self.now();
+            if let Some(verified) = user.verify_email(self.now()) {
                 store::update_user(tx, &user).await?;
-                self.record_email_verified(tx, user.id).await?;
+                self.record(tx, &verified).await?;
             }
             user
         })?;

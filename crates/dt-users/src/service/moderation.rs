@@ -2,13 +2,10 @@
 //! applied once however often it is delivered: its id is recorded in the transaction of its
 //! effect.
 
-use dt_users_domain::AccountStatus;
 use dt_users_store as store;
-use serde_json::json;
 
 use super::transaction::transact;
 use super::{App, ServiceError};
-use crate::events::types;
 
 /// The commands are part of the domain's contract; the service re-exports them.
 pub use dt_users_domain::{Command, CommandOutcome};
@@ -45,39 +42,17 @@ impl App {
             let mut revoke = false;
             match command {
                 Command::Ban { reason, .. } => {
-                    if !user.banned {
-                        user.banned = true;
-                        if user.status == AccountStatus::Active {
-                            user.status = AccountStatus::Banned;
-                        }
-                        user.updated_at = now;
+                    if let Some(event) = user.ban(reason.clone(), now) {
                         store::update_user(tx, &user).await?;
-                        self.record_event(
-                            tx,
-                            user_id,
-                            types::BANNED,
-                            json!({"user_id": user_id, "reason": reason}),
-                        )
-                        .await?;
+                        self.record(tx, &event).await?;
                         self.sessions.revoke_all(user_id, None, now).await?;
                         revoke = true;
                     }
                 }
                 Command::Unban { .. } => {
-                    if user.banned {
-                        user.banned = false;
-                        if user.status == AccountStatus::Banned {
-                            user.status = AccountStatus::Active;
-                        }
-                        user.updated_at = now;
+                    if let Some(event) = user.unban(now) {
                         store::update_user(tx, &user).await?;
-                        self.record_event(
-                            tx,
-                            user_id,
-                            types::UNBANNED,
-                            json!({"user_id": user_id, "reason": null}),
-                        )
-                        .await?;
+                        self.record(tx, &event).await?;
                     }
                 }
                 Command::RevokeSessions { .. } => {

@@ -1,15 +1,13 @@
 use dt_users_domain::{
-    AvatarUrl, Bio, DisplayName, Email, FieldError, FieldErrors, NewPassword, PasswordRules, User,
-    Username,
+    AvatarUrl, Bio, DisplayName, Email, Event, FieldError, FieldErrors, NewPassword, PasswordRules,
+    User, Username,
 };
 
 use dt_users_store as store;
 
 use super::accounts::into_field_error;
-use super::events::public_user_json;
 use super::transaction::transact;
 use super::{App, ServiceError};
-use crate::events::types;
 use crate::security::access_token::TokenSubject;
 
 /// A partial update of the caller's account. For the nullable profile fields, `None` leaves
@@ -173,19 +171,8 @@ impl App {
             if changed {
                 user.updated_at = self.now();
                 store::update_user(tx, &user).await?;
-                let public: Vec<&str> = [
-                    ("username", user.username != before.username),
-                    ("display_name", user.display_name != before.display_name),
-                    ("bio", user.bio != before.bio),
-                    ("avatar_url", user.avatar_url != before.avatar_url),
-                ]
-                .into_iter()
-                .filter_map(|(field, differs)| differs.then_some(field))
-                .collect();
-                if !public.is_empty() {
-                    let data =
-                        serde_json::json!({"changed": public, "user": public_user_json(&user)});
-                    self.record_event(tx, user.id, types::UPDATED, data).await?;
+                if let Some(updated) = Event::updated(&before, &user) {
+                    self.record(tx, &updated).await?;
                 }
                 // A new password ends the other sessions before the change commits.
                 if password_changed {
