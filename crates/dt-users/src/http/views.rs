@@ -1,6 +1,7 @@
 //! What the API sends and receives: wire shapes, kept apart from the domain types.
 
 use dt_users_domain::User;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
@@ -99,7 +100,8 @@ pub struct RegisterRequest {
     pub email: String,
     pub username: String,
     /// 8–128 characters; not a common password, the email or the username.
-    pub password: String,
+    #[schema(value_type = String)]
+    pub password: SecretString,
     pub display_name: Option<String>,
 }
 
@@ -107,24 +109,28 @@ pub struct RegisterRequest {
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub email: String,
-    pub password: String,
+    #[schema(value_type = String)]
+    pub password: SecretString,
 }
 
 /// The OAuth2 password grant form (`username` carries the email), for the docs page.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct LoginForm {
     pub username: String,
-    pub password: String,
+    #[schema(value_type = String)]
+    pub password: SecretString,
     pub grant_type: Option<String>,
     pub scope: Option<String>,
     pub client_id: Option<String>,
-    pub client_secret: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub client_secret: Option<SecretString>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
-    pub refresh_token: String,
+    #[schema(value_type = String)]
+    pub refresh_token: SecretString,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -159,8 +165,10 @@ pub struct UpdateUserRequest {
     /// confirmed from its mailbox, and shows as `pending_email` until then.
     pub email: Option<String>,
     /// Needs `current_password`; ends every other session.
-    pub new_password: Option<String>,
-    pub current_password: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub new_password: Option<SecretString>,
+    #[schema(value_type = Option<String>)]
+    pub current_password: Option<SecretString>,
 }
 
 impl From<UpdateUserRequest> for crate::service::ProfilePatch {
@@ -171,8 +179,8 @@ impl From<UpdateUserRequest> for crate::service::ProfilePatch {
             bio: r.bio,
             avatar_url: r.avatar_url,
             email: r.email,
-            new_password: r.new_password,
-            current_password: r.current_password,
+            new_password: r.new_password.map(|p| p.expose_secret().to_owned()),
+            current_password: r.current_password.map(|p| p.expose_secret().to_owned()),
         }
     }
 }
