@@ -184,3 +184,48 @@ impl From<UpdateUserRequest> for crate::service::ProfilePatch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::deletion::DeleteAccountRequest;
+    use crate::http::email::{ResetRequest, TokenRequest};
+
+    const SECRET: &str = "correct horse battery staple";
+
+    fn debug_of<T: for<'de> Deserialize<'de> + std::fmt::Debug>(json: &str) -> String {
+        format!("{:?}", serde_json::from_str::<T>(json).unwrap())
+    }
+
+    #[test]
+    fn request_bodies_never_show_a_password_or_token() {
+        let shown = [
+            debug_of::<RegisterRequest>(&format!(
+                r#"{{"email":"ada@example.com","username":"ada","password":"{SECRET}"}}"#
+            )),
+            debug_of::<LoginRequest>(&format!(
+                r#"{{"email":"ada@example.com","password":"{SECRET}"}}"#
+            )),
+            debug_of::<RefreshRequest>(&format!(r#"{{"refresh_token":"{SECRET}"}}"#)),
+            debug_of::<UpdateUserRequest>(&format!(
+                r#"{{"new_password":"{SECRET}","current_password":"{SECRET}"}}"#
+            )),
+            debug_of::<DeleteAccountRequest>(&format!(r#"{{"password":"{SECRET}"}}"#)),
+            debug_of::<TokenRequest>(&format!(r#"{{"token":"{SECRET}"}}"#)),
+            debug_of::<ResetRequest>(&format!(
+                r#"{{"token":"{SECRET}","new_password":"{SECRET}"}}"#
+            )),
+            format!(
+                "{:?}",
+                serde_urlencoded::from_str::<LoginForm>(&format!(
+                    "username=ada%40example.com&password={SECRET}&client_secret={SECRET}"
+                ))
+                .unwrap()
+            ),
+        ];
+        for debug in shown {
+            assert!(!debug.contains(SECRET), "{debug}");
+            assert!(debug.contains("[REDACTED]"), "{debug}");
+        }
+    }
+}
