@@ -2,7 +2,7 @@ use std::sync::LazyLock;
 
 use minijinja::{Environment, context};
 
-use super::EmailIntent;
+use super::{EmailIntent, EmailKind};
 
 macro_rules! email_templates {
     ($($name:literal),* $(,)?) => {
@@ -44,6 +44,23 @@ pub struct RenderedEmail {
     pub html: String,
 }
 
+/// The values of the email's own template, by their names in it.
+fn template_values(kind: &EmailKind) -> minijinja::Value {
+    let values: Vec<(&str, &str)> = match kind {
+        EmailKind::PasswordChanged(p) => vec![("changed_at", &p.changed_at)],
+        EmailKind::EmailChangeNotice(p) => vec![
+            ("new_email_masked", &p.new_email_masked),
+            ("requested_at", &p.requested_at),
+        ],
+        EmailKind::AccountRestore(p) => vec![("restore_until", &p.restore_until)],
+        EmailKind::Welcome(_)
+        | EmailKind::VerifyEmail(_)
+        | EmailKind::PasswordReset(_)
+        | EmailKind::EmailChangeConfirm(_) => Vec::new(),
+    };
+    minijinja::Value::from_pairs(values)
+}
+
 /// Renders `intent` with its link and token (`token` is `None` for notices).
 pub fn render(
     intent: &EmailIntent,
@@ -68,7 +85,7 @@ pub fn render(
         token => minijinja::Value::from_safe_string(token.unwrap_or_default().to_owned()),
         valid_hours => valid_hours,
         forgot_link => minijinja::Value::from_safe_string(format!("{base}/forgot-password")),
-        ..minijinja::Value::from(intent.params.clone())
+        ..template_values(&intent.kind)
     };
     let kind = intent.kind.name();
     let get = |part: &str| env.get_template(&format!("{kind}/{part}"));
@@ -85,12 +102,12 @@ pub fn render(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use uuid::Uuid;
 
     use super::*;
-    use crate::email::EmailKind;
+    use crate::email::{
+        AccountRestoreParams, EmailChangeNoticeParams, NoParams, PasswordChangedParams,
+    };
 
     fn intent(kind: EmailKind, name: &str) -> EmailIntent {
         EmailIntent {
@@ -100,29 +117,39 @@ mod tests {
             to: "ada@example.com".into(),
             name: name.into(),
             token_key: None,
-            params: BTreeMap::from([
-                ("old_email".into(), "old@example.com".into()),
-                ("new_email".into(), "ada@example.com".into()),
-                ("changed_at".into(), "2026-11-26T13:10:37Z".into()),
-                ("restore_until".into(), "2026-12-26T13:10:37Z".into()),
-            ]),
         }
+    }
+
+    fn every_kind() -> [EmailKind; 7] {
+        [
+            EmailKind::Welcome(NoParams),
+            EmailKind::VerifyEmail(NoParams),
+            EmailKind::PasswordReset(NoParams),
+            EmailKind::PasswordChanged(PasswordChangedParams {
+                changed_at: "2026-11-26T13:10:37Z".into(),
+            }),
+            EmailKind::EmailChangeConfirm(NoParams),
+            EmailKind::EmailChangeNotice(EmailChangeNoticeParams {
+                new_email_masked: "n***@example.org".into(),
+                requested_at: "2026-11-25T13:10:37Z".into(),
+            }),
+            EmailKind::AccountRestore(AccountRestoreParams {
+                restore_until: "2026-12-26T13:10:37Z".into(),
+            }),
+        ]
     }
 
     #[test]
     fn every_email_renders_both_parts() {
-        for kind in [
-            EmailKind::Welcome,
-            EmailKind::VerifyEmail,
-            EmailKind::PasswordReset,
-            EmailKind::PasswordChanged,
-            EmailKind::EmailChangeConfirm,
-            EmailKind::EmailChangeNotice,
-            EmailKind::AccountRestore,
-        ] {
+        for kind in every_kind() {
             let token = kind.token_path().map(|_| "TOKEN123");
-            let email =
-                render(&intent(kind, "Ada"), "https://devtalk.example/", token, 24).unwrap();
+            let email = render(
+                &intent(kind.clone(), "Ada"),
+                "https://devtalk.example/",
+                token,
+                24,
+            )
+            .unwrap();
             assert!(!email.subject.is_empty() && !email.subject.contains('\n'));
             assert!(email.text.contains("Hi Ada,"), "{kind:?}");
             assert!(email.html.contains("Hi Ada,"), "{kind:?}");
@@ -141,7 +168,7 @@ mod tests {
     #[test]
     fn html_escapes_the_name_and_text_keeps_it() {
         let email = render(
-            &intent(EmailKind::Welcome, "<script>alert(1)</script>"),
+            &intent(EmailKind::Welcome(NoParams), "<script>alert(1)</script>"),
             "http://x",
             Some("T"),
             24,
@@ -150,5 +177,24 @@ mod tests {
         assert!(!email.html.contains("<script>"));
         assert!(email.html.contains("&lt;script&gt;"));
         assert!(email.text.contains("<script>alert(1)</script>"));
+    }
+
+    #[test]
+    fn each_template_shows_its_values() {
+        for kind in every_kind() {
+            let values: Vec<String> = match &kind {
+                EmailKind::PasswordChanged(p) => vec![p.changed_at.clone()],
+                EmailKind::EmailChangeNotice(p) => {
+                    vec![p.new_email_masked.clone(), p.requested_at.clone()]
+                }
+                EmailKind::AccountRestore(p) => vec![p.restore_until.clone()],
+                _ => continue,
+            };
+            let email = render(&intent(kind.clone(), "Ada"), "https://x", Some("T"), 24).unwrap();
+            for value in values {
+                assert!(email.text.contains(&value), "{kind:?}: {}", email.text);
+                assert!(email.html.contains(&value), "{kind:?}");
+            }
+        }
     }
 }

@@ -1,18 +1,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dt_users_domain::CommandEnvelope;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::Value;
 use tokio::sync::watch;
-use uuid::Uuid;
 
 use super::client::base_config;
 use super::relay::producer_config;
 use crate::config::{CommandsConfig, KafkaSettings};
 use crate::runner::BoxError;
-use crate::service::{Command, CommandOutcome};
+use dt_users_domain::{Command, CommandOutcome};
 
 /// What the consumer applies commands with: given to it, so that it knows nothing of how.
 pub trait CommandHandler: Send + Sync {
@@ -124,43 +123,14 @@ impl<H> std::fmt::Debug for CommandConsumer<H> {
 /// A command as received: its CloudEvents `id` and what it asks for, or why it is unusable.
 pub fn parse_command(payload: Option<&[u8]>) -> Result<(String, Command), String> {
     let payload = payload.ok_or("empty message")?;
-    let value: Value = serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
-    let envelope = value.as_object().ok_or("not a JSON object")?;
-    if envelope.get("specversion").and_then(Value::as_str) != Some("1.0") {
-        return Err("specversion must be \"1.0\"".into());
-    }
-    let id = envelope
-        .get("id")
-        .and_then(Value::as_str)
-        .filter(|id| !id.is_empty() && id.len() <= 128)
-        .ok_or("id must be a string of 1 to 128 characters")?
-        .to_owned();
-    let data = envelope
-        .get("data")
-        .and_then(Value::as_object)
-        .ok_or("data must be an object")?;
-    let user_id = data
-        .get("user_id")
-        .and_then(Value::as_str)
-        .and_then(|s| Uuid::try_parse(s).ok())
-        .ok_or("data.user_id must be a UUID")?;
-    let command = match envelope.get("type").and_then(Value::as_str) {
-        Some("devtalk.user.ban") => {
-            let reason = match data.get("reason") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(r)) if r.chars().count() <= 500 => Some(r.clone()),
-                Some(_) => {
-                    return Err("data.reason must be a string of at most 500 characters".into());
-                }
-            };
-            Command::Ban { user_id, reason }
+    let envelope: CommandEnvelope = serde_json::from_slice(payload).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            format!("not JSON: {e}")
+        } else {
+            format!("not a command: {e}")
         }
-        Some("devtalk.user.unban") => Command::Unban { user_id },
-        Some("devtalk.user.revoke_sessions") => Command::RevokeSessions { user_id },
-        Some(other) => return Err(format!("unknown command type {other:?}")),
-        None => return Err("type must be a string".into()),
-    };
-    Ok((id, command))
+    })?;
+    Ok((envelope.id, envelope.command))
 }
 
 impl<H: CommandHandler> CommandConsumer<H> {
@@ -457,6 +427,7 @@ impl<H: CommandHandler> CommandConsumer<H> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use uuid::Uuid;
 
     #[test]
     fn commands_parse() {
@@ -482,10 +453,28 @@ mod tests {
             r#"{"specversion":"1.0","id":"","type":"devtalk.user.ban","data":{"user_id":"x"}}"#,
             r#"{"specversion":"1.0","id":"x","type":"devtalk.user.delete","data":{"user_id":"00000000-0000-7000-8000-000000000000"}}"#,
             r#"{"specversion":"1.0","id":"x","type":"devtalk.user.ban","data":{"user_id":"nope"}}"#,
+            r#"{"specversion":"1.0","id":"x","type":"devtalk.user.ban","data":"00000000-0000-7000-8000-000000000000"}"#,
         ] {
             assert!(parse_command(Some(bad.as_bytes())).is_err(), "{bad}");
         }
         assert!(parse_command(None).is_err());
+    }
+
+    #[test]
+    fn the_reason_says_what_is_wrong() {
+        let reason = |payload: &str| parse_command(Some(payload.as_bytes())).unwrap_err();
+        assert!(reason("this is not a command").starts_with("not JSON: "));
+        assert!(reason(r#"{"specversion":"1.0""#).starts_with("not JSON: "));
+        assert!(reason("[]").starts_with("not a command: "));
+        assert!(
+            reason(r#"{"specversion":"1.1","id":"x","type":"devtalk.user.unban","data":{}}"#)
+                .contains(r#"specversion must be "1.0""#)
+        );
+        let unknown = reason(
+            r#"{"specversion":"1.0","id":"x","type":"devtalk.user.delete","data":{"user_id":"00000000-0000-7000-8000-000000000000"}}"#,
+        );
+        assert!(unknown.contains("devtalk.user.delete"), "{unknown}");
+        assert_eq!(parse_command(None), Err("empty message".into()));
     }
 
     proptest! {

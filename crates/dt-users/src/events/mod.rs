@@ -1,5 +1,6 @@
-//! Events for the other Dev Talk services: recorded in the outbox by the use-cases, published
-//! to Kafka as CloudEvents 1.0 by the [`EventRelay`], in commit order per user.
+//! Events for the other Dev Talk services: recorded in the outbox by the use-cases (the
+//! event types are the domain's [`Event`](dt_users_domain::Event)), published to Kafka as
+//! CloudEvents 1.0 by the [`EventRelay`], in commit order per user.
 
 mod client;
 mod consumer;
@@ -15,19 +16,6 @@ pub use consumer::{CommandConsumer, CommandHandler, HandlingError, parse_command
 pub use probe::KafkaProbe;
 pub use relay::{EventRelay, producer_config, relay_lease};
 pub use topics::{TopicCreation, create_topics};
-
-/// The event types dt-users publishes (the CloudEvents `type`).
-pub mod types {
-    pub const REGISTERED: &str = "devtalk.user.registered";
-    pub const UPDATED: &str = "devtalk.user.updated";
-    pub const EMAIL_VERIFIED: &str = "devtalk.user.email_verified";
-    pub const DELETED: &str = "devtalk.user.deleted";
-    pub const RESTORED: &str = "devtalk.user.restored";
-    pub const PURGED: &str = "devtalk.user.purged";
-    pub const BANNED: &str = "devtalk.user.banned";
-    pub const UNBANNED: &str = "devtalk.user.unbanned";
-    pub const SESSIONS_REVOKED: &str = "devtalk.user.sessions_revoked";
-}
 
 /// The CloudEvents 1.0 JSON document of an outbox event row. Its `id` is the row's id, so a
 /// row published twice is recognisably the same event.

@@ -5,6 +5,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use secrecy::ExposeSecret;
 
 use super::AppState;
 use super::extract::{ApiJson, Client, CurrentSession, JsonOrForm};
@@ -42,7 +43,7 @@ pub async fn register(
         .register(RegisterInput {
             email: body.email,
             username: body.username,
-            password: body.password,
+            password: body.password.expose_secret().to_owned(),
             display_name: body.display_name,
         })
         .await?;
@@ -89,7 +90,9 @@ pub async fn login(
         &format!("{}|{email_key}", client.ip_key()),
     )
     .await?;
-    let pair = app.login(&email, &password, client.0).await?;
+    let pair = app
+        .login(&email, password.expose_secret(), client.0)
+        .await?;
     Ok(no_store(Json(pair).into_response()))
 }
 
@@ -104,7 +107,7 @@ pub async fn refresh(
     State(app): State<AppState>,
     ApiJson(body): ApiJson<RefreshRequest>,
 ) -> Result<Response, ApiError> {
-    let pair = app.refresh(&body.refresh_token).await?;
+    let pair = app.refresh(body.refresh_token.expose_secret()).await?;
     Ok(no_store(Json(pair).into_response()))
 }
 

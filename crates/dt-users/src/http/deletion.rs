@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -17,7 +18,8 @@ use super::views::{SessionView, UserView};
 #[serde(deny_unknown_fields)]
 pub struct DeleteAccountRequest {
     /// The current password, to confirm.
-    pub password: String,
+    #[schema(value_type = String)]
+    pub password: SecretString,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -46,7 +48,9 @@ pub async fn delete(
     CurrentSession(subject): CurrentSession,
     ApiJson(body): ApiJson<DeleteAccountRequest>,
 ) -> Result<Response, ApiError> {
-    let restore_until = app.delete_account(subject, &body.password).await?;
+    let restore_until = app
+        .delete_account(subject, body.password.expose_secret())
+        .await?;
     let body = Deleted {
         status: "deleted",
         restore_until: restore_until.to_rfc3339(),
@@ -65,7 +69,7 @@ pub async fn restore(
     State(app): State<AppState>,
     ApiJson(body): ApiJson<TokenRequest>,
 ) -> Result<Json<UserView>, ApiError> {
-    let user = app.restore_account(&body.token).await?;
+    let user = app.restore_account(body.token.expose_secret()).await?;
     Ok(Json(UserView::from(&user)))
 }
 

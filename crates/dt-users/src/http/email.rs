@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
@@ -15,7 +16,8 @@ use super::views::UserView;
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     /// The token from the email.
-    pub token: String,
+    #[schema(value_type = String)]
+    pub token: SecretString,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -27,8 +29,10 @@ pub struct EmailRequest {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResetRequest {
-    pub token: String,
-    pub new_password: String,
+    #[schema(value_type = String)]
+    pub token: SecretString,
+    #[schema(value_type = String)]
+    pub new_password: SecretString,
 }
 
 /// The body of a 202: the request was taken; what follows happens by email.
@@ -53,7 +57,7 @@ pub async fn verify(
     State(app): State<AppState>,
     ApiJson(body): ApiJson<TokenRequest>,
 ) -> Result<Json<UserView>, ApiError> {
-    let user = app.verify_email(&body.token).await?;
+    let user = app.verify_email(body.token.expose_secret()).await?;
     Ok(Json(UserView::from(&user)))
 }
 
@@ -88,7 +92,7 @@ pub async fn confirm_change(
     State(app): State<AppState>,
     ApiJson(body): ApiJson<TokenRequest>,
 ) -> Result<Json<UserView>, ApiError> {
-    let user = app.confirm_email_change(&body.token).await?;
+    let user = app.confirm_email_change(body.token.expose_secret()).await?;
     Ok(Json(UserView::from(&user)))
 }
 
@@ -113,7 +117,7 @@ pub async fn cancel_change(
     State(app): State<AppState>,
     ApiJson(body): ApiJson<TokenRequest>,
 ) -> Result<Json<CancelledChange>, ApiError> {
-    let outcome = app.cancel_email_change(&body.token).await?;
+    let outcome = app.cancel_email_change(body.token.expose_secret()).await?;
     Ok(Json(CancelledChange {
         status: outcome.as_str(),
     }))
@@ -160,6 +164,10 @@ pub async fn reset(
     State(app): State<AppState>,
     ApiJson(body): ApiJson<ResetRequest>,
 ) -> Result<StatusCode, ApiError> {
-    app.reset_password(&body.token, &body.new_password).await?;
+    app.reset_password(
+        body.token.expose_secret(),
+        body.new_password.expose_secret(),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

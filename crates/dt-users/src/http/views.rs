@@ -1,6 +1,7 @@
 //! What the API sends and receives: wire shapes, kept apart from the domain types.
 
 use dt_users_domain::User;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
@@ -99,7 +100,8 @@ pub struct RegisterRequest {
     pub email: String,
     pub username: String,
     /// 8–128 characters; not a common password, the email or the username.
-    pub password: String,
+    #[schema(value_type = String)]
+    pub password: SecretString,
     pub display_name: Option<String>,
 }
 
@@ -107,24 +109,28 @@ pub struct RegisterRequest {
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub email: String,
-    pub password: String,
+    #[schema(value_type = String)]
+    pub password: SecretString,
 }
 
 /// The OAuth2 password grant form (`username` carries the email), for the docs page.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct LoginForm {
     pub username: String,
-    pub password: String,
+    #[schema(value_type = String)]
+    pub password: SecretString,
     pub grant_type: Option<String>,
     pub scope: Option<String>,
     pub client_id: Option<String>,
-    pub client_secret: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub client_secret: Option<SecretString>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
-    pub refresh_token: String,
+    #[schema(value_type = String)]
+    pub refresh_token: SecretString,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -159,8 +165,10 @@ pub struct UpdateUserRequest {
     /// confirmed from its mailbox, and shows as `pending_email` until then.
     pub email: Option<String>,
     /// Needs `current_password`; ends every other session.
-    pub new_password: Option<String>,
-    pub current_password: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub new_password: Option<SecretString>,
+    #[schema(value_type = Option<String>)]
+    pub current_password: Option<SecretString>,
 }
 
 impl From<UpdateUserRequest> for crate::service::ProfilePatch {
@@ -171,8 +179,53 @@ impl From<UpdateUserRequest> for crate::service::ProfilePatch {
             bio: r.bio,
             avatar_url: r.avatar_url,
             email: r.email,
-            new_password: r.new_password,
-            current_password: r.current_password,
+            new_password: r.new_password.map(|p| p.expose_secret().to_owned()),
+            current_password: r.current_password.map(|p| p.expose_secret().to_owned()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::deletion::DeleteAccountRequest;
+    use crate::http::email::{ResetRequest, TokenRequest};
+
+    const SECRET: &str = "correct horse battery staple";
+
+    fn debug_of<T: for<'de> Deserialize<'de> + std::fmt::Debug>(json: &str) -> String {
+        format!("{:?}", serde_json::from_str::<T>(json).unwrap())
+    }
+
+    #[test]
+    fn request_bodies_never_show_a_password_or_token() {
+        let shown = [
+            debug_of::<RegisterRequest>(&format!(
+                r#"{{"email":"ada@example.com","username":"ada","password":"{SECRET}"}}"#
+            )),
+            debug_of::<LoginRequest>(&format!(
+                r#"{{"email":"ada@example.com","password":"{SECRET}"}}"#
+            )),
+            debug_of::<RefreshRequest>(&format!(r#"{{"refresh_token":"{SECRET}"}}"#)),
+            debug_of::<UpdateUserRequest>(&format!(
+                r#"{{"new_password":"{SECRET}","current_password":"{SECRET}"}}"#
+            )),
+            debug_of::<DeleteAccountRequest>(&format!(r#"{{"password":"{SECRET}"}}"#)),
+            debug_of::<TokenRequest>(&format!(r#"{{"token":"{SECRET}"}}"#)),
+            debug_of::<ResetRequest>(&format!(
+                r#"{{"token":"{SECRET}","new_password":"{SECRET}"}}"#
+            )),
+            format!(
+                "{:?}",
+                serde_urlencoded::from_str::<LoginForm>(&format!(
+                    "username=ada%40example.com&password={SECRET}&client_secret={SECRET}"
+                ))
+                .unwrap()
+            ),
+        ];
+        for debug in shown {
+            assert!(!debug.contains(SECRET), "{debug}");
+            assert!(debug.contains("[REDACTED]"), "{debug}");
         }
     }
 }

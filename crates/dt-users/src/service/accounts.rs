@@ -1,16 +1,14 @@
 use dt_users_domain::{
-    AccountStatus, DisplayName, Email, FieldErrors, NewPassword, PasswordRules, User, Username,
+    AccountStatus, DisplayName, Email, Event, FieldErrors, NewPassword, PasswordRules, User,
+    Username,
 };
-use std::collections::BTreeMap;
 
 use dt_users_store::{self as store, TokenPurpose};
 use uuid::Uuid;
 
-use super::events::public_user_json;
 use super::transaction::transact;
 use super::{App, ServiceError};
-use crate::email::EmailKind;
-use crate::events::types;
+use crate::email::{EmailKind, NoParams};
 use crate::security::access_token::TokenSubject;
 
 /// A registration as received; parsed into domain types by [`App::register`].
@@ -101,15 +99,13 @@ impl App {
         };
         transact!(self, |tx| {
             store::insert_user(tx, &user).await?;
-            self.record_event(tx, user.id, types::REGISTERED, public_user_json(&user))
-                .await?;
+            self.record(tx, &Event::registered(&user)).await?;
             self.queue_email(
                 tx,
-                EmailKind::Welcome,
+                EmailKind::Welcome(NoParams),
                 &user,
                 user.email.as_str(),
                 Some(TokenPurpose::VerifyEmail.into()),
-                BTreeMap::new(),
             )
             .await?;
         })?;

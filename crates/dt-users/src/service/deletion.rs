@@ -1,19 +1,14 @@
 //! Account deletion that can be undone: soft delete, restoration within the grace period,
 //! erasure after it, and the export of everything held about a user.
 
-use std::collections::BTreeMap;
-
-use dt_users_domain::{AccountStatus, Email, Timestamp, User};
+use dt_users_domain::{Email, Timestamp, User};
 use dt_users_store::{self as store, TokenPurpose};
-use serde_json::json;
 use uuid::Uuid;
 
 use super::email_flows::EmailToken;
-use super::events::public_user_json;
 use super::transaction::transact;
 use super::{App, ServiceError};
-use crate::email::EmailKind;
-use crate::events::types;
+use crate::email::{AccountRestoreParams, EmailKind};
 use crate::security::access_token::TokenSubject;
 use crate::sessions::Session;
 
@@ -42,12 +37,10 @@ impl App {
         let ended = transact!(self, |tx| {
             let mut user = store::lock_user(tx, user.id, self.db.dialect())
                 .await?
-                .filter(|u| u.status == AccountStatus::Active)
                 .ok_or(ServiceError::SessionRevoked)?;
-            user.status = AccountStatus::Deleted;
-            user.deleted_at = Some(now);
-            user.purge_after = Some(restore_until);
-            user.updated_at = now;
+            let deleted = user
+                .delete(restore_until, now)
+                .map_err(|_| ServiceError::SessionRevoked)?;
             store::update_user(tx, &user).await?;
             // Cancel links stay: an intruder who changed the address and then deleted the
             // account is undone by the old mailbox — the address comes back, and with it the
@@ -60,13 +53,7 @@ impl App {
             )
             .await?;
             self.queue_restore_email(tx, &user, restore_until).await?;
-            self.record_event(
-                tx,
-                user.id,
-                types::DELETED,
-                json!({"user_id": user.id, "restore_until": restore_until.to_rfc3339()}),
-            )
-            .await?;
+            self.record(tx, &deleted).await?;
             // Sessions end before the deletion commits: no token outlives it. (`deleted`
             // tells other services that every session ended; no `sessions_revoked`.)
             self.sessions.revoke_all(user.id, None, now).await?
@@ -82,17 +69,18 @@ impl App {
         user: &User,
         restore_until: Timestamp,
     ) -> Result<(), ServiceError> {
-        let params = BTreeMap::from([("restore_until".to_owned(), restore_until.to_rfc3339())]);
+        let email = EmailKind::AccountRestore(AccountRestoreParams {
+            restore_until: restore_until.to_rfc3339(),
+        });
         self.queue_email(
             conn,
-            EmailKind::AccountRestore,
+            email,
             user,
             user.email.as_str(),
             Some(EmailToken {
                 purpose: TokenPurpose::RestoreAccount,
                 not_after: Some(restore_until),
             }),
-            params,
         )
         .await
     }
@@ -108,19 +96,12 @@ impl App {
             let live = self
                 .lock_token_owner(tx, token, TokenPurpose::RestoreAccount)
                 .await?;
-            let mut user = live
-                .user
-                .filter(|u| {
-                    u.status == AccountStatus::Deleted && u.purge_after.is_some_and(|p| p > now)
-                })
-                .ok_or(ServiceError::InvalidEmailToken)?;
-            user.status = user.status_when_not_deleted();
-            user.deleted_at = None;
-            user.purge_after = None;
-            user.updated_at = now;
+            let mut user = live.user.ok_or(ServiceError::InvalidEmailToken)?;
+            let restored = user
+                .restore(now)
+                .map_err(|_| ServiceError::InvalidEmailToken)?;
             store::update_user(tx, &user).await?;
-            self.record_event(tx, user.id, types::RESTORED, public_user_json(&user))
-                .await?;
+            self.record(tx, &restored).await?;
             user
         })?;
         tracing::info!(user_id = %user.id, "account restored");
@@ -145,8 +126,8 @@ impl App {
             let user = self
                 .lock_user_by_email(tx, email_key)
                 .await?
-                .filter(|u| u.status == AccountStatus::Deleted);
-            let due = user.and_then(|u| u.purge_after.filter(|p| *p > now).map(|p| (u, p)));
+                .filter(|u| u.is_restorable(now));
+            let due = user.and_then(|u| u.purge_after.map(|p| (u, p)));
             if let Some((user, restore_until)) = due {
                 store::revoke_email_tokens(tx, user.id, TokenPurpose::RestoreAccount, now).await?;
                 self.queue_restore_email(tx, &user, restore_until).await?;
@@ -181,18 +162,15 @@ impl App {
     /// Idempotent: an account already erased is simply not found.
     pub async fn erase_account(&self, user_id: Uuid, now: Timestamp) -> Result<bool, ServiceError> {
         let erased = transact!(self, |tx| {
-            let due = store::lock_user(tx, user_id, self.db.dialect())
+            let purged = store::lock_user(tx, user_id, self.db.dialect())
                 .await?
-                .is_some_and(|u| {
-                    u.status == AccountStatus::Deleted && u.purge_after.is_some_and(|p| p <= now)
-                });
-            if due {
+                .and_then(|u| u.purge(now).ok());
+            if let Some(purged) = &purged {
                 store::erase_user(tx, user_id).await?;
-                self.record_event(tx, user_id, types::PURGED, json!({"user_id": user_id}))
-                    .await?;
+                self.record(tx, purged).await?;
                 self.sessions.revoke_all(user_id, None, now).await?;
             }
-            due
+            purged.is_some()
         })?;
         if erased {
             self.revoke_after_commit(user_id, None).await;

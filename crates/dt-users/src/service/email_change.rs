@@ -2,14 +2,12 @@
 //! is confirmed from the new mailbox; the old one is told, with a link that cancels the change
 //! — or reverts it, ending every session, if it was already confirmed.
 
-use std::collections::BTreeMap;
-
 use dt_users_domain::{AccountStatus, Email, User};
 use dt_users_store::{self as store, AnyConnection, TokenPurpose};
 
 use super::transaction::transact;
 use super::{App, ServiceError};
-use crate::email::EmailKind;
+use crate::email::{EmailChangeNoticeParams, EmailKind, NoParams};
 
 /// What a cancel link did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,26 +49,24 @@ impl App {
         } else {
             self.queue_email(
                 conn,
-                EmailKind::EmailChangeConfirm,
+                EmailKind::EmailChangeConfirm(NoParams),
                 user,
                 address.as_str(),
                 Some(TokenPurpose::ConfirmEmailChange.into()),
-                BTreeMap::new(),
             )
             .await?;
         }
-        let params = BTreeMap::from([
-            ("new_email_masked".to_owned(), address.masked()),
-            ("requested_at".to_owned(), now.to_rfc3339()),
-        ]);
+        let notice = EmailKind::EmailChangeNotice(EmailChangeNoticeParams {
+            new_email_masked: address.masked(),
+            requested_at: now.to_rfc3339(),
+        });
         let to = user.email.as_str().to_owned();
         self.queue_email(
             conn,
-            EmailKind::EmailChangeNotice,
+            notice,
             user,
             &to,
             Some(TokenPurpose::CancelEmailChange.into()),
-            params,
         )
         .await?;
         tracing::info!(user_id = %user.id, "email change requested");
@@ -119,9 +115,7 @@ impl App {
             if store::address_reserved(tx, &address.lookup_key(), Some(user.id), now).await? {
                 return Err(ServiceError::EmailTaken);
             }
-            user.email = address;
-            user.email_verified = true;
-            user.updated_at = now;
+            let verified = user.confirm_email_change(address, now);
             store::update_user(tx, &user).await?;
             // Everything sent to the old address dies with the change — but the cancel links,
             // which exist to undo it.
@@ -132,7 +126,7 @@ impl App {
                 now,
             )
             .await?;
-            self.record_email_verified(tx, user.id).await?;
+            self.record(tx, &verified).await?;
             user
         })?;
         tracing::info!(user_id = %user.id, "email change confirmed");

@@ -1,6 +1,5 @@
 //! Email verification and password reset, and the email intents every use-case records.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
@@ -12,7 +11,7 @@ use uuid::Uuid;
 use super::accounts::into_field_error;
 use super::transaction::transact;
 use super::{App, ServiceError};
-use crate::email::{EmailIntent, EmailKind};
+use crate::email::{EmailIntent, EmailKind, NoParams, PasswordChangedParams};
 use crate::security::access_token::TokenSubject;
 use crate::security::secret_token::hash_secret;
 
@@ -93,16 +92,15 @@ impl App {
         user: &User,
         to: &str,
         token: Option<EmailToken>,
-        params: BTreeMap<String, String>,
     ) -> Result<(), ServiceError> {
         let now = self.now();
+        let name = kind.name();
         let intent = EmailIntent {
             id: Uuid::now_v7(),
             kind,
             user_id: user.id,
             to: to.to_owned(),
             name: greeting(user),
-            params,
             token_key: token.map(|_| self.email_tokens.current_key_id().to_owned()),
         };
         if let Some(EmailToken { purpose, not_after }) = token {
@@ -124,7 +122,7 @@ impl App {
         let row = NewOutboxRow {
             id: intent.id,
             kind: OutboxKind::Email,
-            name: kind.name().to_owned(),
+            name: name.to_owned(),
             user_id: user.id,
             payload,
         };
@@ -162,11 +160,10 @@ impl App {
                     .await?;
                 self.queue_email(
                     tx,
-                    EmailKind::VerifyEmail,
+                    EmailKind::VerifyEmail(NoParams),
                     &user,
                     user.email.as_str(),
                     Some(TokenPurpose::VerifyEmail.into()),
-                    BTreeMap::new(),
                 )
                 .await?;
             }
@@ -186,11 +183,9 @@ impl App {
                 .user
                 .filter(|u| u.status == AccountStatus::Active && u.email.lookup_key() == sent_to)
                 .ok_or(ServiceError::InvalidEmailToken)?;
-            if !user.email_verified {
-                user.email_verified = true;
-                user.updated_at = self.now();
+            if let Some(verified) = user.verify_email(self.now()) {
                 store::update_user(tx, &user).await?;
-                self.record_email_verified(tx, user.id).await?;
+                self.record(tx, &verified).await?;
             }
             user
         })?;
@@ -249,11 +244,10 @@ impl App {
                     .await?;
                 self.queue_email(
                     tx,
-                    EmailKind::PasswordReset,
+                    EmailKind::PasswordReset(NoParams),
                     &user,
                     user.email.as_str(),
                     Some(TokenPurpose::ResetPassword.into()),
-                    BTreeMap::new(),
                 )
                 .await?;
                 tracing::info!(user_id = %user.id, "password reset requested");
@@ -333,16 +327,11 @@ impl App {
     ) -> Result<(), ServiceError> {
         let now = self.now();
         store::revoke_email_tokens(conn, user.id, TokenPurpose::ResetPassword, now).await?;
-        let params = BTreeMap::from([("changed_at".to_owned(), now.to_rfc3339())]);
-        self.queue_email(
-            conn,
-            EmailKind::PasswordChanged,
-            user,
-            user.email.as_str(),
-            None,
-            params,
-        )
-        .await?;
+        let notice = EmailKind::PasswordChanged(PasswordChangedParams {
+            changed_at: now.to_rfc3339(),
+        });
+        self.queue_email(conn, notice, user, user.email.as_str(), None)
+            .await?;
         let ended = self.sessions.revoke_all(user.id, keep, now).await?;
         self.record_sessions_revoked(conn, user.id, &ended).await?;
         tracing::info!(user_id = %user.id, sessions = ended.len(), "password changed; sessions ended");

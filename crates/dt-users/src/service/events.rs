@@ -1,36 +1,22 @@
 //! The domain events use-cases record in the outbox, in their own transaction — and the
 //! announcements of ended sessions, which must not wait for the database.
 
-use dt_users_domain::{Timestamp, User};
+use dt_users_domain::{Event, Timestamp};
 use dt_users_store::{self as store, AnyConnection, NewOutboxRow, OutboxKind};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use uuid::Uuid;
 
 use super::transaction::transact;
 use super::{App, ServiceError};
-use crate::events::types;
 
-/// The public view of a user (`PublicUser`), as events carry it: never an email address.
-pub(super) fn public_user_json(user: &User) -> serde_json::Value {
-    json!({
-        "id": user.id,
-        "username": user.username.as_str(),
-        "display_name": user.display_name,
-        "bio": user.bio,
-        "avatar_url": user.avatar_url,
-        "created_at": user.created_at.to_rfc3339(),
-    })
-}
-
-fn event_row(user_id: Uuid, event_type: &str, data: &serde_json::Value) -> NewOutboxRow {
-    NewOutboxRow {
+fn event_row(event: &Event) -> Result<NewOutboxRow, ServiceError> {
+    Ok(NewOutboxRow {
         id: Uuid::now_v7(),
         kind: OutboxKind::Event,
-        name: event_type.to_owned(),
-        user_id,
-        payload: data.to_string(),
-    }
+        name: event.type_name().to_owned(),
+        user_id: event.user_id(),
+        payload: event.payload().map_err(ServiceError::internal)?,
+    })
 }
 
 /// An event the database could not take, kept in the session store until it can.
@@ -64,35 +50,17 @@ const DEFERRED_BATCH: usize = 500;
 impl App {
     /// Records a domain event in the outbox, in the caller's transaction: it is published if
     /// and only if that transaction commits.
-    pub(super) async fn record_event(
+    pub(super) async fn record(
         &self,
         conn: &mut AnyConnection,
-        user_id: Uuid,
-        event_type: &str,
-        data: serde_json::Value,
+        event: &Event,
     ) -> Result<(), ServiceError> {
-        let row = event_row(user_id, event_type, &data);
+        let row = event_row(event)?;
         store::insert_outbox(conn, &row, self.now()).await?;
         if !self.policy.events_published {
-            tracing::info!(event = event_type, %user_id, event_id = %row.id, "event recorded; no Kafka configured, it stays in the outbox");
+            tracing::info!(event = event.type_name(), user_id = %row.user_id, event_id = %row.id, "event recorded; no Kafka configured, it stays in the outbox");
         }
         Ok(())
-    }
-
-    /// Tells other services that the account's address is confirmed (verified, or a change of
-    /// address confirmed from the new mailbox).
-    pub(super) async fn record_email_verified(
-        &self,
-        conn: &mut AnyConnection,
-        user_id: Uuid,
-    ) -> Result<(), ServiceError> {
-        self.record_event(
-            conn,
-            user_id,
-            types::EMAIL_VERIFIED,
-            json!({"user_id": user_id}),
-        )
-        .await
     }
 
     /// Announces ended sessions, so services that cache token checks can drop them.
@@ -102,16 +70,10 @@ impl App {
         user_id: Uuid,
         ended: &[Uuid],
     ) -> Result<(), ServiceError> {
-        if ended.is_empty() {
-            return Ok(());
+        match Event::sessions_revoked(user_id, ended) {
+            Some(event) => self.record(conn, &event).await,
+            None => Ok(()),
         }
-        self.record_event(
-            conn,
-            user_id,
-            types::SESSIONS_REVOKED,
-            json!({"user_id": user_id, "session_ids": ended}),
-        )
-        .await
     }
 
     /// Announces sessions ended outside a transaction of their cause (a sign-out, a session
@@ -120,14 +82,16 @@ impl App {
     /// the request: the event then waits in the session store, and beat moves it into the
     /// outbox once the database is back ([`App::move_deferred_events`]).
     pub(super) async fn announce_sessions_revoked(&self, user_id: Uuid, ended: &[Uuid]) {
-        if ended.is_empty() {
+        let Some(event) = Event::sessions_revoked(user_id, ended) else {
             return;
-        }
-        let row = event_row(
-            user_id,
-            types::SESSIONS_REVOKED,
-            &json!({"user_id": user_id, "session_ids": ended}),
-        );
+        };
+        let row = match event_row(&event) {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::error!(%user_id, error = %e, "a sessions_revoked event is lost: it could not be written");
+                return;
+            }
+        };
         let now = self.now();
         // A database that does not answer must not hold the answer to a sign-out for long.
         // Should the row commit after all, the deferred copy has its id and is not added twice.

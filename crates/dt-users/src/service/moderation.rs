@@ -2,57 +2,13 @@
 //! applied once however often it is delivered: its id is recorded in the transaction of its
 //! effect.
 
-use dt_users_domain::AccountStatus;
 use dt_users_store as store;
-use serde_json::json;
-use uuid::Uuid;
 
 use super::transaction::transact;
 use super::{App, ServiceError};
-use crate::events::types;
 
-/// A command, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    Ban {
-        user_id: Uuid,
-        reason: Option<String>,
-    },
-    Unban {
-        user_id: Uuid,
-    },
-    RevokeSessions {
-        user_id: Uuid,
-    },
-}
-
-impl Command {
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Self::Ban { .. } => "devtalk.user.ban",
-            Self::Unban { .. } => "devtalk.user.unban",
-            Self::RevokeSessions { .. } => "devtalk.user.revoke_sessions",
-        }
-    }
-
-    fn user_id(&self) -> Uuid {
-        match self {
-            Self::Ban { user_id, .. }
-            | Self::Unban { user_id }
-            | Self::RevokeSessions { user_id } => *user_id,
-        }
-    }
-}
-
-/// What handling a command did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CommandOutcome {
-    Applied,
-    /// Its id was handled before: nothing happened now.
-    AlreadyHandled,
-    /// It cannot be applied (an unknown account); it belongs in the DLQ.
-    Rejected(String),
-}
+/// The commands are part of the domain's contract; the service re-exports them.
+pub use dt_users_domain::{Command, CommandOutcome};
 
 impl App {
     #[tracing::instrument(skip_all, fields(command_id = %id, command = command.type_name()))]
@@ -86,39 +42,17 @@ impl App {
             let mut revoke = false;
             match command {
                 Command::Ban { reason, .. } => {
-                    if !user.banned {
-                        user.banned = true;
-                        if user.status == AccountStatus::Active {
-                            user.status = AccountStatus::Banned;
-                        }
-                        user.updated_at = now;
+                    if let Some(event) = user.ban(reason.clone(), now) {
                         store::update_user(tx, &user).await?;
-                        self.record_event(
-                            tx,
-                            user_id,
-                            types::BANNED,
-                            json!({"user_id": user_id, "reason": reason}),
-                        )
-                        .await?;
+                        self.record(tx, &event).await?;
                         self.sessions.revoke_all(user_id, None, now).await?;
                         revoke = true;
                     }
                 }
                 Command::Unban { .. } => {
-                    if user.banned {
-                        user.banned = false;
-                        if user.status == AccountStatus::Banned {
-                            user.status = AccountStatus::Active;
-                        }
-                        user.updated_at = now;
+                    if let Some(event) = user.unban(now) {
                         store::update_user(tx, &user).await?;
-                        self.record_event(
-                            tx,
-                            user_id,
-                            types::UNBANNED,
-                            json!({"user_id": user_id, "reason": null}),
-                        )
-                        .await?;
+                        self.record(tx, &event).await?;
                     }
                 }
                 Command::RevokeSessions { .. } => {

@@ -1,15 +1,16 @@
-use dt_users_domain::{
-    AvatarUrl, Bio, DisplayName, Email, FieldError, FieldErrors, NewPassword, PasswordRules, User,
-    Username,
-};
+//! Changes of the caller's own account: profile fields, and the start of an email or
+//! password change.
 
-use dt_users_store as store;
+use dt_users_domain::{
+    AccountStatus, AvatarUrl, Bio, DisplayName, Email, Event, FieldError, FieldErrors, NewPassword,
+    PasswordRules, User, Username,
+};
+use dt_users_store::{self as store, AnyConnection};
+use uuid::Uuid;
 
 use super::accounts::into_field_error;
-use super::events::public_user_json;
 use super::transaction::transact;
 use super::{App, ServiceError};
-use crate::events::types;
 use crate::security::access_token::TokenSubject;
 
 /// A partial update of the caller's account. For the nullable profile fields, `None` leaves
@@ -41,17 +42,21 @@ fn parse_optional<T>(
     }
 }
 
-impl App {
-    /// Changes the caller's profile. A new email or password needs the current password; a
-    /// new password ends every other session; a new email starts an email change, which takes
-    /// effect once confirmed from the new mailbox.
-    #[tracing::instrument(skip_all, fields(user_id = %subject.user_id))]
-    pub async fn update_profile(
-        &self,
-        subject: TokenSubject,
-        patch: ProfilePatch,
-    ) -> Result<User, ServiceError> {
-        let user = self.current_user(subject).await?;
+/// A patch whose every value is valid.
+struct ParsedPatch {
+    username: Option<Username>,
+    email: Option<Email>,
+    display_name: Option<Option<String>>,
+    bio: Option<Option<String>>,
+    avatar_url: Option<Option<String>>,
+    new_password: Option<NewPassword>,
+    /// Present whenever the patch changes the email or the password.
+    current_password: Option<String>,
+}
+
+impl ParsedPatch {
+    /// Parses every field of `patch` for `user`, reporting every invalid field at once.
+    fn parse(user: &User, patch: ProfilePatch) -> Result<Self, ServiceError> {
         let mut errors = FieldErrors::new();
         let username = patch
             .username
@@ -93,12 +98,128 @@ impl App {
         if !errors.is_empty() {
             return Err(into_field_error(errors));
         }
-        if let (true, Some(current)) = (needs_password, patch.current_password.as_deref()) {
-            self.check_current_password(&user, current).await?;
+        Ok(Self {
+            username,
+            email,
+            display_name,
+            bio,
+            avatar_url,
+            new_password,
+            current_password: patch.current_password.filter(|_| needs_password),
+        })
+    }
+
+    /// Sets the patched fields of `user` (the row as locked now). Returns what needs more than
+    /// the row: an address in another mailbox, which only an email change can make the
+    /// account's.
+    fn apply(&self, user: &mut User, new_password_hash: Option<&String>) -> AppliedPatch {
+        let mut applied = AppliedPatch::default();
+        if let Some(username) = &self.username {
+            user.username = username.clone();
         }
-        // A new address is asked for by email; each request sends two emails, so each is
-        // counted per account and per target address.
-        let new_address = email
+        if let Some(email) = &self.email {
+            if email.lookup_key() == user.email.lookup_key() {
+                // The same mailbox (another spelling, or the address itself): no consent is
+                // needed, and a change waiting for confirmation is dropped.
+                user.email = email.clone();
+                applied.pending_change_dropped = user.pending_email.take().is_some();
+            } else {
+                applied.requested_address = Some(email.clone());
+            }
+        }
+        if let Some(display_name) = &self.display_name {
+            user.display_name = display_name.clone();
+        }
+        if let Some(bio) = &self.bio {
+            user.bio = bio.clone();
+        }
+        if let Some(avatar_url) = &self.avatar_url {
+            user.avatar_url = avatar_url.clone();
+        }
+        if let Some(hash) = new_password_hash {
+            user.password_hash = hash.clone();
+        }
+        applied
+    }
+}
+
+/// What applying a patch to the row left to do.
+#[derive(Default)]
+struct AppliedPatch {
+    /// The address to start an email change to.
+    requested_address: Option<Email>,
+    /// A waiting email change was dropped: its links must die.
+    pending_change_dropped: bool,
+}
+
+/// Whether `after` differs from `before` in a stored field a patch can change.
+fn fields_changed(before: &User, after: &User) -> bool {
+    after.username != before.username
+        || after.email != before.email
+        || after.pending_email != before.pending_email
+        || after.display_name != before.display_name
+        || after.bio != before.bio
+        || after.avatar_url != before.avatar_url
+}
+
+impl App {
+    /// Changes the caller's profile. A new email or password needs the current password; a
+    /// new password ends every other session; a new email starts an email change, which takes
+    /// effect once confirmed from the new mailbox.
+    #[tracing::instrument(skip_all, fields(user_id = %subject.user_id))]
+    pub async fn update_profile(
+        &self,
+        subject: TokenSubject,
+        patch: ProfilePatch,
+    ) -> Result<User, ServiceError> {
+        let user = self.current_user(subject).await?;
+        let patch = ParsedPatch::parse(&user, patch)?;
+        self.authorize_patch(&user, &patch).await?;
+        let new_password_hash = match &patch.new_password {
+            Some(password) => Some(self.hasher.hash(password.secret().clone()).await?),
+            None => None,
+        };
+
+        // Apply the patch to the row as it is now, under its lock: two concurrent changes of
+        // one account never overwrite each other's fields.
+        let password_changed = new_password_hash.is_some();
+        let user = transact!(self, |tx| {
+            let mut user = store::lock_user(tx, user.id, self.db.dialect())
+                .await?
+                .filter(|u| u.status == AccountStatus::Active)
+                .ok_or(ServiceError::SessionRevoked)?;
+            let before = user.clone();
+            let applied = patch.apply(&mut user, new_password_hash.as_ref());
+            if applied.pending_change_dropped {
+                self.drop_pending_email_change(tx, &user).await?;
+            }
+            let email_change_started = applied.requested_address.is_some();
+            if let Some(address) = applied.requested_address {
+                self.start_email_change(tx, &mut user, address).await?;
+            }
+            if fields_changed(&before, &user) || password_changed || email_change_started {
+                let keep = password_changed.then_some(subject.session_id);
+                self.save_profile(tx, &before, &mut user, keep).await?;
+            }
+            user
+        })?;
+        if password_changed {
+            self.revoke_after_commit(user.id, Some(subject.session_id))
+                .await;
+        }
+        Ok(user)
+    }
+
+    /// Checks what a patch needs besides valid values: the current password for a new email
+    /// or password, and room in the limits of email changes. A new address is asked for by
+    /// email; each request sends two emails, so each is counted per account and per target
+    /// address.
+    async fn authorize_patch(&self, user: &User, patch: &ParsedPatch) -> Result<(), ServiceError> {
+        if let Some(current) = patch.current_password.as_deref() {
+            self.check_current_password(user, current).await?;
+        }
+        let new_address = patch
+            .email
             .as_ref()
             .filter(|e| e.lookup_key() != user.email.lookup_key());
         if let Some(address) = new_address {
@@ -115,90 +236,28 @@ impl App {
             )
             .await?;
         }
+        Ok(())
+    }
 
-        let new_password_hash = match &new_password {
-            Some(password) => Some(self.hasher.hash(password.secret().clone()).await?),
-            None => None,
-        };
-
-        // Apply the patch to the row as it is now, under its lock: two concurrent changes of
-        // one account never overwrite each other's fields.
-        let password_changed = new_password_hash.is_some();
-        let user = transact!(self, |tx| {
-            let mut user = store::lock_user(tx, user.id, self.db.dialect())
-                .await?
-                .filter(|u| u.status == dt_users_domain::AccountStatus::Active)
-                .ok_or(ServiceError::SessionRevoked)?;
-            let before = user.clone();
-            if let Some(username) = &username {
-                user.username = username.clone();
-            }
-            let mut requested_address = None;
-            if let Some(email) = &email {
-                if email.lookup_key() == user.email.lookup_key() {
-                    // The same mailbox (another spelling, or the address itself): no consent
-                    // is needed, and a change waiting for confirmation is dropped.
-                    user.email = email.clone();
-                    if user.pending_email.take().is_some() {
-                        self.drop_pending_email_change(tx, &user).await?;
-                    }
-                } else {
-                    requested_address = Some(email.clone());
-                }
-            }
-            if let Some(display_name) = &display_name {
-                user.display_name = display_name.clone();
-            }
-            if let Some(bio) = &bio {
-                user.bio = bio.clone();
-            }
-            if let Some(avatar_url) = &avatar_url {
-                user.avatar_url = avatar_url.clone();
-            }
-            if let Some(hash) = &new_password_hash {
-                user.password_hash = hash.clone();
-            }
-            let email_change_started = requested_address.is_some();
-            if let Some(address) = requested_address {
-                self.start_email_change(tx, &mut user, address).await?;
-            }
-            let changed = user.username != before.username
-                || user.email != before.email
-                || user.pending_email != before.pending_email
-                || user.display_name != before.display_name
-                || user.bio != before.bio
-                || user.avatar_url != before.avatar_url
-                || password_changed
-                || email_change_started;
-            if changed {
-                user.updated_at = self.now();
-                store::update_user(tx, &user).await?;
-                let public: Vec<&str> = [
-                    ("username", user.username != before.username),
-                    ("display_name", user.display_name != before.display_name),
-                    ("bio", user.bio != before.bio),
-                    ("avatar_url", user.avatar_url != before.avatar_url),
-                ]
-                .into_iter()
-                .filter_map(|(field, differs)| differs.then_some(field))
-                .collect();
-                if !public.is_empty() {
-                    let data =
-                        serde_json::json!({"changed": public, "user": public_user_json(&user)});
-                    self.record_event(tx, user.id, types::UPDATED, data).await?;
-                }
-                // A new password ends the other sessions before the change commits.
-                if password_changed {
-                    self.after_password_change(tx, &user, Some(subject.session_id))
-                        .await?;
-                }
-            }
-            user
-        })?;
-        if password_changed {
-            self.revoke_after_commit(user.id, Some(subject.session_id))
-                .await;
+    /// Stores a changed account, announces changed public fields, and — for a new password
+    /// (`password_changed_in` names the session that changed it) — ends the other sessions
+    /// before the change commits.
+    async fn save_profile(
+        &self,
+        tx: &mut AnyConnection,
+        before: &User,
+        user: &mut User,
+        password_changed_in: Option<Uuid>,
+    ) -> Result<(), ServiceError> {
+        user.updated_at = self.now();
+        store::update_user(tx, user).await?;
+        if let Some(updated) = Event::updated(before, user) {
+            self.record(tx, &updated).await?;
         }
-        Ok(user)
+        if let Some(session_id) = password_changed_in {
+            self.after_password_change(tx, user, Some(session_id))
+                .await?;
+        }
+        Ok(())
     }
 }

@@ -25,6 +25,7 @@ mod email_faults;
 mod email_flows;
 mod email_normalization;
 mod embedded;
+mod event_contract;
 mod events;
 mod faults;
 mod in_flight;
