@@ -12,6 +12,8 @@ pub mod events;
 pub mod health;
 pub mod http;
 pub mod jobs;
+#[cfg(test)]
+mod layers;
 pub mod runner;
 pub mod security;
 pub mod service;
