@@ -43,7 +43,7 @@ pub async fn register(
         .register(RegisterInput {
             email: body.email,
             username: body.username,
-            password: body.password.expose_secret().to_owned(),
+            password: body.password,
             display_name: body.display_name,
         })
         .await?;

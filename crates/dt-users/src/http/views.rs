@@ -1,7 +1,7 @@
 //! What the API sends and receives: wire shapes, kept apart from the domain types.
 
 use dt_users_domain::User;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
@@ -179,8 +179,8 @@ impl From<UpdateUserRequest> for crate::service::ProfilePatch {
             bio: r.bio,
             avatar_url: r.avatar_url,
             email: r.email,
-            new_password: r.new_password.map(|p| p.expose_secret().to_owned()),
-            current_password: r.current_password.map(|p| p.expose_secret().to_owned()),
+            new_password: r.new_password,
+            current_password: r.current_password,
         }
     }
 }

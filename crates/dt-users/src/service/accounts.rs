@@ -4,6 +4,7 @@ use dt_users_domain::{
 };
 
 use dt_users_store::{self as store, TokenPurpose};
+use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use super::transaction::transact;
@@ -16,7 +17,7 @@ use crate::security::access_token::TokenSubject;
 pub struct RegisterInput {
     pub email: String,
     pub username: String,
-    pub password: String,
+    pub password: SecretString,
     pub display_name: Option<String>,
 }
 
@@ -47,7 +48,7 @@ impl App {
         let password = errors.check(
             "password",
             NewPassword::parse(
-                &input.password,
+                input.password.expose_secret(),
                 PasswordRules {
                     email: &input.email,
                     username: &input.username,

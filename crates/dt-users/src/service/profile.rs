@@ -6,6 +6,7 @@ use dt_users_domain::{
     PasswordRules, User, Username,
 };
 use dt_users_store::{self as store, AnyConnection};
+use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use super::accounts::into_field_error;
@@ -22,8 +23,8 @@ pub struct ProfilePatch {
     pub bio: Option<Option<String>>,
     pub avatar_url: Option<Option<String>>,
     pub email: Option<String>,
-    pub new_password: Option<String>,
-    pub current_password: Option<String>,
+    pub new_password: Option<SecretString>,
+    pub current_password: Option<SecretString>,
 }
 
 fn parse_optional<T>(
@@ -51,7 +52,7 @@ struct ParsedPatch {
     avatar_url: Option<Option<String>>,
     new_password: Option<NewPassword>,
     /// Present whenever the patch changes the email or the password.
-    current_password: Option<String>,
+    current_password: Option<SecretString>,
 }
 
 impl ParsedPatch {
@@ -81,13 +82,17 @@ impl ParsedPatch {
             AvatarUrl::parse,
             AvatarUrl::as_str,
         );
-        let new_password = patch.new_password.as_deref().and_then(|p| {
-            let rules = PasswordRules {
-                email: email.as_ref().unwrap_or(&user.email).as_str(),
-                username: username.as_ref().unwrap_or(&user.username).as_str(),
-            };
-            errors.check("new_password", NewPassword::parse(p, rules))
-        });
+        let new_password = patch
+            .new_password
+            .as_ref()
+            .map(ExposeSecret::expose_secret)
+            .and_then(|p| {
+                let rules = PasswordRules {
+                    email: email.as_ref().unwrap_or(&user.email).as_str(),
+                    username: username.as_ref().unwrap_or(&user.username).as_str(),
+                };
+                errors.check("new_password", NewPassword::parse(p, rules))
+            });
         let needs_password = patch.email.is_some() || patch.new_password.is_some();
         if needs_password && patch.current_password.is_none() {
             errors.push(FieldError::new(
@@ -215,7 +220,11 @@ impl App {
     /// email; each request sends two emails, so each is counted per account and per target
     /// address.
     async fn authorize_patch(&self, user: &User, patch: &ParsedPatch) -> Result<(), ServiceError> {
-        if let Some(current) = patch.current_password.as_deref() {
+        if let Some(current) = patch
+            .current_password
+            .as_ref()
+            .map(ExposeSecret::expose_secret)
+        {
             self.check_current_password(user, current).await?;
         }
         let new_address = patch
