@@ -424,3 +424,44 @@ async fn events_wait_in_the_outbox_until_their_topic_is_created() {
         .collect();
     assert_eq!(registered, users);
 }
+
+/// One commit wakes every relay of the process: with a poll interval of a minute, both the
+/// welcome email and the `registered` event leave within seconds. (With one wake-up shared by
+/// the two relays, one of them waited for its next poll.)
+#[tokio::test]
+async fn one_commit_wakes_the_email_relay_and_the_event_relay() {
+    let broker = Broker::start().await;
+    let sink = SmtpSink::start().await;
+    let bootstrap = broker.bootstrap();
+    let app = spawn_with_mail(&sink.url(), |s| {
+        with_kafka(s, &bootstrap);
+        s.relay_interval_ms = 60_000;
+    })
+    .await;
+    // Both relays have done their first round at start and now wait for a minute.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for round in 0..3 {
+        let email = format!("ada{round}@example.com");
+        let registered = app.register(&email, &format!("ada{round}")).await;
+        let id = registered["id"].as_str().unwrap().to_owned();
+        let started = std::time::Instant::now();
+        sink.wait_for_within(&email, "Welcome", Duration::from_secs(15))
+            .await;
+        let records = tokio::task::spawn_blocking({
+            let bootstrap = bootstrap.clone();
+            let id = id.clone();
+            move || {
+                read_until(&bootstrap, TOPIC, Duration::from_secs(15), |r| {
+                    r.iter().any(|r| r.key == id)
+                })
+            }
+        })
+        .await
+        .unwrap();
+        assert!(
+            records.iter().any(|r| r.key == id),
+            "round {round}: the registered event waited for the relay's next poll"
+        );
+        assert!(started.elapsed() < Duration::from_secs(30), "round {round}");
+    }
+}
