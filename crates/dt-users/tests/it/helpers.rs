@@ -1,8 +1,10 @@
-//! A running dt-users per test: its own MariaDB database, its own Redis key prefix, a clock
-//! the test moves, and an HTTP client. Everything is removed when the `TestApp` drops.
+//! A running dt-users per test, on either [`Backend`]: its own MariaDB database and Redis key
+//! prefix, or its own SQLite files in a data directory of its own; a clock the test moves, and
+//! an HTTP client. Everything is removed when the `TestApp` drops.
 
 use std::sync::{Arc, LazyLock};
 
+pub use crate::backends::Backend;
 use dt_users::config::{Config, Settings};
 use dt_users::domain::ManualClock;
 use dt_users::security::keys::generate_pem;
@@ -99,6 +101,46 @@ pub fn test_settings(database_url: &str, prefix: &str) -> Settings {
         database_url: Some(database_url.to_owned()),
         redis_url: Some(redis_url()),
         redis_key_prefix: prefix.to_owned(),
+        // Jobs go through Redis under the test's prefix; nothing is written in the source tree.
+        jobs_url: Some(redis_url()),
+        jobs_namespace: format!("{prefix}:jobs"),
+        ..shared_settings(fresh_data_dir())
+    }
+}
+
+/// Settings for an embedded test app: no database, Redis or job queue configured, so the
+/// database and the job queue are SQLite files under `data_dir`, and sessions and the rate
+/// limiter live in the process.
+pub fn embedded_test_settings(data_dir: std::path::PathBuf) -> Settings {
+    Settings {
+        database_url: None,
+        redis_url: None,
+        jobs_url: None,
+        ..shared_settings(data_dir)
+    }
+}
+
+/// The database `settings` name: the configured URL, or the embedded default's SQLite file
+/// (`dt-users.db` in the data directory, as documented for the embedded default). Worked out
+/// from the plain settings, so that it does not depend on how the service parses them.
+fn database_url_of(settings: &Settings) -> String {
+    match settings.database_url.as_deref().map(str::trim) {
+        Some(url) if !url.is_empty() => url.to_owned(),
+        _ => format!(
+            "sqlite://{}?mode=rwc",
+            settings.data_dir.join("dt-users.db").display()
+        ),
+    }
+}
+
+/// A directory in the temporary directory no other test uses (not created here).
+pub fn fresh_data_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("dt-users-test-{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// What every test app has, whatever its backend.
+fn shared_settings(data_dir: std::path::PathBuf) -> Settings {
+    Settings {
         signing_keys: Some(SecretString::from(SIGNING_KEY.clone())),
         argon2_memory_kib: 1024,
         argon2_iterations: 1,
@@ -107,11 +149,7 @@ pub fn test_settings(database_url: &str, prefix: &str) -> Settings {
         // Rate limits are tested on their own (`rate_limits.rs`); elsewhere one client sends
         // far more than a person would.
         rate_limit_enabled: false,
-        // Jobs go through Redis under the test's prefix; nothing is written in the source tree.
-        jobs_url: Some(redis_url()),
-        jobs_namespace: format!("{prefix}:jobs"),
-        data_dir: std::env::temp_dir()
-            .join(format!("dt-users-test-{}", uuid::Uuid::new_v4().simple())),
+        data_dir,
         health_token: Some(HEALTH_TOKEN.into()),
         ..Settings::default()
     }
@@ -122,26 +160,58 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub clock: ManualClock,
     pub app: Arc<App>,
+    pub backend: Backend,
+    /// The URL of the database the app serves (after the test's adjustments), for [`Self::db`]
+    /// and for another app on the same data.
+    pub database_url: String,
+    /// The MariaDB database made for this app; empty on [`Backend::Embedded`].
     pub db_name: String,
+    /// The Redis key prefix of this app; nothing is stored under it on [`Backend::Embedded`].
     pub redis_prefix: String,
+    /// The app's data directory, removed on drop.
+    pub data_dir: std::path::PathBuf,
     /// Stops the server when the `TestApp` drops.
     instance: Instance,
 }
 
 impl TestApp {
+    /// An app on MariaDB and Redis.
     pub async fn spawn() -> Self {
         Self::spawn_with(|_| {}).await
     }
 
-    /// Spawns with settings adjusted by `adjust` (after the test defaults are set).
+    /// Spawns on MariaDB and Redis with settings adjusted by `adjust` (after the test
+    /// defaults are set).
     pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> Self {
+        Self::spawn_with_on(Backend::MariaDbRedis, adjust).await
+    }
+
+    /// An app on `backend`.
+    pub async fn spawn_on(backend: Backend) -> Self {
+        Self::spawn_with_on(backend, |_| {}).await
+    }
+
+    /// Spawns on `backend` with settings adjusted by `adjust` (after the test defaults are
+    /// set).
+    pub async fn spawn_with_on(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> Self {
         // `DT_USERS_TEST_LOG=1` shows the service's logs while debugging a test.
         if std::env::var_os("DT_USERS_TEST_LOG").is_some() {
             dt_users::telemetry::init_logging(dt_users::config::LogFormat::Pretty);
         }
-        let (db_name, db_url) = create_database().await;
+        sqlx::any::install_default_drivers();
         let redis_prefix = format!("dtu-test:{}", uuid::Uuid::new_v4().simple());
-        let mut settings = test_settings(&db_url, &redis_prefix);
+        let (db_name, mut settings) = match backend {
+            Backend::MariaDbRedis => {
+                let (db_name, db_url) = create_database().await;
+                (db_name, test_settings(&db_url, &redis_prefix))
+            }
+            Backend::Embedded => {
+                let mut settings = embedded_test_settings(fresh_data_dir());
+                // Unused with no Redis; set so that a test can show nothing is stored under it.
+                settings.redis_key_prefix.clone_from(&redis_prefix);
+                (String::new(), settings)
+            }
+        };
         adjust(&mut settings);
         dt_users::startup::open_database(&settings)
             .unwrap()
@@ -149,14 +219,19 @@ impl TestApp {
             .await
             .unwrap();
         let clock = ManualClock::starting_now();
+        let database_url = database_url_of(&settings);
+        let data_dir = settings.data_dir.clone();
         let instance = Instance::start(settings, &clock).await;
         Self {
             base: instance.base.clone(),
             client: reqwest::Client::new(),
             clock,
             app: instance.app.clone(),
+            backend,
+            database_url,
             db_name,
             redis_prefix,
+            data_dir,
             instance,
         }
     }
@@ -254,9 +329,10 @@ impl TestApp {
         me["id"].as_str().unwrap().to_owned()
     }
 
-    /// A connection to this test's own database.
+    /// A connection to the database this app serves: its own MariaDB database, or its SQLite
+    /// file. Queries through it must be valid in both dialects.
     pub async fn db(&self) -> sqlx::AnyConnection {
-        sqlx::AnyConnection::connect(&format!("{}/{}", mysql_server_url(), self.db_name))
+        sqlx::AnyConnection::connect(&self.database_url)
             .await
             .unwrap()
     }
@@ -328,6 +404,11 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.instance.stop();
+        // The directory's files may still be open: removing them is fine on Unix.
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+        if self.backend == Backend::Embedded {
+            return;
+        }
         let db = self.db_name.clone();
         let prefix = self.redis_prefix.clone();
         let _ = std::thread::spawn(move || {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::TestApp;
+use crate::helpers::{Backend, TestApp};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/smtp_sink.py");
 
@@ -166,29 +166,36 @@ pub fn token_in(message: &Value) -> String {
     token
 }
 
-/// A test app whose emails go to `smtp_url` through the Redis job queue, with the relay, a
-/// worker and the sweeps running in-process, and quick retries.
+/// A test app on MariaDB and Redis whose emails go to `smtp_url` through the Redis job queue,
+/// with the relay, a worker and the sweeps running in-process, and quick retries.
 pub async fn spawn_with_mail(
     smtp_url: &str,
     adjust: impl FnOnce(&mut dt_users::config::Settings),
 ) -> TestApp {
+    spawn_with_mail_on(Backend::MariaDbRedis, smtp_url, adjust).await
+}
+
+/// A test app on `backend` whose emails go to `smtp_url` through that backend's job queue
+/// (Redis, or a SQLite file in the app's data directory), with the relay, a worker and the
+/// sweeps running in-process, and quick retries.
+pub async fn spawn_with_mail_on(
+    backend: Backend,
+    smtp_url: &str,
+    adjust: impl FnOnce(&mut dt_users::config::Settings),
+) -> TestApp {
     let smtp_url = smtp_url.to_owned();
-    TestApp::spawn_with(move |s| {
+    TestApp::spawn_with_on(backend, move |s| {
         with_mail(s, &smtp_url);
-        s.data_dir =
-            std::env::temp_dir().join(format!("dt-users-test-{}", uuid::Uuid::new_v4().simple()));
         adjust(s);
     })
     .await
 }
 
 /// What [`spawn_with_mail`] sets, for settings built another way (a second instance): emails
-/// to `smtp_url` through the Redis job queue under the settings' prefix, the background roles
-/// in-process, quick retries.
+/// to `smtp_url` through the job queue the settings name, the background roles in-process,
+/// quick retries.
 pub fn with_mail(s: &mut dt_users::config::Settings, smtp_url: &str) {
     s.smtp_url = Some(smtp_url.to_owned());
-    s.jobs_url = Some(crate::helpers::redis_url());
-    s.jobs_namespace = format!("{}:jobs", s.redis_key_prefix);
     s.run_background_in_serve = true;
     s.relay_interval_ms = 100;
     s.job_backoff_ms = 200;

@@ -1,4 +1,5 @@
-//! Integration tests: the running service over HTTP, against real MariaDB and Redis.
+//! Integration tests: the running service over HTTP, against real MariaDB and Redis, and (the
+//! suites of the contract) against the embedded backend too (see `backends.rs`).
 
 // Test code: a failed step should fail the test loudly.
 #![allow(
@@ -8,6 +9,7 @@
     clippy::indexing_slicing
 )]
 
+mod backends;
 mod helpers;
 mod kafka;
 mod log_secrets;
