@@ -145,14 +145,6 @@ impl EventRelay {
         self.lease.holder()
     }
 
-    /// Publishes what is due if this relay holds the lease; returns how many events.
-    pub async fn run_once(&self) -> Result<usize, RoleError> {
-        if !self.lease.take().await? {
-            return Ok(0);
-        }
-        self.publish_due().await
-    }
-
     /// Publishes what is due, under a lease already taken.
     async fn publish_due(&self) -> Result<usize, RoleError> {
         let mut conn = self.db.pool().acquire().await?;

@@ -447,17 +447,11 @@ async fn one_commit_wakes_the_email_relay_and_the_event_relay() {
         let started = std::time::Instant::now();
         sink.wait_for_within(&email, "Welcome", Duration::from_secs(15))
             .await;
-        let records = tokio::task::spawn_blocking({
-            let bootstrap = bootstrap.clone();
-            let id = id.clone();
-            move || {
-                read_until(&bootstrap, TOPIC, Duration::from_secs(15), |r| {
-                    r.iter().any(|r| r.key == id)
-                })
-            }
+        let wanted = id.clone();
+        let records = read_events(bootstrap.clone(), move |r| {
+            r.iter().any(|r| r.key == wanted)
         })
-        .await
-        .unwrap();
+        .await;
         assert!(
             records.iter().any(|r| r.key == id),
             "round {round}: the registered event waited for the relay's next poll"
