@@ -1,14 +1,19 @@
 //! Argon2id hashing off the async workers, with bounded concurrency and load shedding.
+//!
+//! Hashes run on a fixed set of threads, each of which keeps its argon2 memory (19 MiB at the
+//! default parameters) from one hash to the next. Allocating that memory for every hash on
+//! whichever thread ran it made resident memory grow with every burst of sign-ins (the
+//! allocator keeps freed blocks in per-thread arenas) and cost about a fifth of each hash in
+//! page faults.
 
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 
-use argon2::{
-    ARGON2ID_IDENT, Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier,
-    Version,
-};
+use argon2::password_hash::phc::{Output, ParamsString, Salt};
+use argon2::{ARGON2ID_IDENT, Algorithm, Argon2, Block, Params, PasswordHash, Version};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
@@ -28,9 +33,94 @@ pub enum Verified {
     YesRehash,
 }
 
+/// The memory one hashing thread keeps between hashes.
+#[derive(Debug)]
+struct Memory {
+    blocks: Vec<Block>,
+}
+
+impl Memory {
+    fn new(params: &Params) -> Self {
+        Self {
+            blocks: vec![Block::default(); params.block_count()],
+        }
+    }
+
+    /// Runs `hash` over `count` blocks: the kept ones, or (for a stored hash made with more
+    /// memory than configured now, until it is upgraded) blocks allocated for this hash only,
+    /// so that the memory kept never grows past the configured size.
+    fn with_blocks<T>(&mut self, count: usize, hash: impl FnOnce(&mut [Block]) -> T) -> T {
+        match self.blocks.get_mut(..count) {
+            Some(kept) => hash(kept),
+            None => hash(&mut vec![Block::default(); count]),
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Memory) + Send>;
+
+/// A fixed set of hashing threads fed by one channel. The threads end when it is dropped.
+#[derive(Debug)]
+struct HashingThreads {
+    jobs: Mutex<mpsc::Sender<Job>>,
+}
+
+impl HashingThreads {
+    fn start(count: usize, params: &Params) -> Result<Self, HashError> {
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for n in 0..count {
+            let receiver = Arc::clone(&receiver);
+            let mut memory = Memory::new(params);
+            std::thread::Builder::new()
+                .name(format!("argon2-{n}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for the next job.
+                        let job = match receiver.lock() {
+                            Ok(jobs) => jobs.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        // A job that panics loses its answer (its caller sees the failure),
+                        // not the thread.
+                        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut memory)));
+                    }
+                })
+                .map_err(|e| HashError::Failed(format!("starting a hashing thread: {e}")))?;
+        }
+        Ok(Self {
+            jobs: Mutex::new(sender),
+        })
+    }
+
+    /// Runs `work` on a hashing thread; `permit` is held until it is done, even if the caller
+    /// stops waiting, so abandoned requests never let more work queue than there are threads.
+    async fn run<T: Send + 'static>(
+        &self,
+        permit: OwnedSemaphorePermit,
+        work: impl FnOnce(&mut Memory) -> Result<T, HashError> + Send + 'static,
+    ) -> Result<T, HashError> {
+        let (answer, answered) = oneshot::channel();
+        let job: Job = Box::new(move |memory| {
+            let _ = answer.send(work(memory));
+            drop(permit);
+        });
+        self.jobs
+            .lock()
+            .map_err(|_| HashError::Failed("the hashing threads are gone".into()))?
+            .send(job)
+            .map_err(|_| HashError::Failed("the hashing threads are gone".into()))?;
+        answered
+            .await
+            .map_err(|_| HashError::Failed("a hashing thread failed".into()))?
+    }
+}
+
 #[derive(Debug)]
 pub struct PasswordHasherPool {
     params: Params,
+    threads: HashingThreads,
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
     max_waiting: usize,
@@ -53,6 +143,8 @@ fn stored_params(stored: &str) -> Option<(String, u32, u32, u32)> {
 }
 
 impl PasswordHasherPool {
+    /// Starts `concurrency` hashing threads; up to `max_waiting` more requests may wait for
+    /// one before the rest are shed.
     pub fn new(
         memory_kib: u32,
         iterations: u32,
@@ -62,11 +154,13 @@ impl PasswordHasherPool {
     ) -> Result<Self, HashError> {
         let params = Params::new(memory_kib, iterations, parallelism, None)
             .map_err(|e| HashError::Failed(format!("invalid argon2 parameters: {e}")))?;
+        let concurrency = concurrency.max(1);
         let dummy = SecretString::from(super::secret_token::random_urlsafe(24));
-        let dummy_hash = hash_blocking(&params, &dummy)?;
+        let dummy_hash = hash_with(&params, &dummy, &mut Memory::new(&params))?;
         Ok(Self {
+            threads: HashingThreads::start(concurrency, &params)?,
             params,
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            permits: Arc::new(Semaphore::new(concurrency)),
             waiting: AtomicUsize::new(0),
             max_waiting,
             dummy_hash,
@@ -100,7 +194,7 @@ impl PasswordHasherPool {
         let params = Params::new(m, t, p, None)
             .map_err(|e| HashError::Failed(format!("stored argon2 parameters: {e}")))?;
         let dummy = SecretString::from(super::secret_token::random_urlsafe(24));
-        self.dummy_hash = hash_blocking(&params, &dummy)?;
+        self.dummy_hash = hash_with(&params, &dummy, &mut Memory::new(&params))?;
         tracing::info!(
             memory_kib = m,
             iterations = t,
@@ -112,7 +206,7 @@ impl PasswordHasherPool {
 
     async fn run<T: Send + 'static>(
         &self,
-        work: impl FnOnce(Params) -> Result<T, HashError> + Send + 'static,
+        work: impl FnOnce(&Params, &mut Memory) -> Result<T, HashError> + Send + 'static,
     ) -> Result<T, HashError> {
         struct Waiting<'a>(&'a AtomicUsize);
         impl Drop for Waiting<'_> {
@@ -135,18 +229,14 @@ impl PasswordHasherPool {
             .map_err(|_| HashError::Overloaded)?;
         drop(waiting);
         let params = self.params.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = work(params);
-            drop(permit);
-            result
-        })
-        .await
-        .map_err(|e| HashError::Failed(e.to_string()))?
+        self.threads
+            .run(permit, move |memory| work(&params, memory))
+            .await
     }
 
     /// Hashes a (normalized) password with the configured parameters.
     pub async fn hash(&self, password: SecretString) -> Result<String, HashError> {
-        self.run(move |params| hash_blocking(&params, &password))
+        self.run(move |params, memory| hash_with(params, &password, memory))
             .await
     }
 
@@ -156,49 +246,103 @@ impl PasswordHasherPool {
         password: SecretString,
         stored: String,
     ) -> Result<Verified, HashError> {
-        self.run(move |params| Ok(verify_blocking(&params, &password, &stored)))
+        self.run(move |params, memory| Ok(verify_with(params, &password, &stored, memory)))
             .await
     }
 
     /// Spends the time of one verification and always fails, for unknown accounts.
     pub async fn verify_dummy(&self, password: SecretString) -> Result<Verified, HashError> {
         let dummy = self.dummy_hash.clone();
-        self.run(move |params| {
-            let _ = verify_blocking(&params, &password, &dummy);
+        self.run(move |params, memory| {
+            let _ = verify_with(params, &password, &dummy, memory);
             Ok(Verified::No)
         })
         .await
     }
 }
 
-fn argon2(params: &Params) -> Argon2<'static> {
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+fn failed(e: impl std::fmt::Display) -> HashError {
+    HashError::Failed(e.to_string())
 }
 
-fn hash_blocking(params: &Params, password: &SecretString) -> Result<String, HashError> {
-    argon2(params)
-        .hash_password(password.expose_secret().as_bytes())
-        .map(|hash| hash.to_string())
-        .map_err(|e| HashError::Failed(e.to_string()))
+/// A PHC string (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`) of `password` with a new random salt.
+fn hash_with(
+    params: &Params,
+    password: &SecretString,
+    memory: &mut Memory,
+) -> Result<String, HashError> {
+    let salt_bytes: [u8; Salt::RECOMMENDED_LENGTH] = rand::random();
+    let salt = Salt::new(&salt_bytes).map_err(failed)?;
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    memory
+        .with_blocks(params.block_count(), |blocks| {
+            argon2.hash_password_into_with_memory(
+                password.expose_secret().as_bytes(),
+                &salt,
+                &mut out,
+                blocks,
+            )
+        })
+        .map_err(failed)?;
+    Ok(PasswordHash {
+        algorithm: ARGON2ID_IDENT,
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(failed)?,
+        salt: Some(salt),
+        hash: Some(Output::new(&out).map_err(failed)?),
+    }
+    .to_string())
 }
 
-fn verify_blocking(params: &Params, password: &SecretString, stored: &str) -> Verified {
+/// Checks `password` against a stored PHC string, with the parameters recorded in it.
+fn verify_with(
+    params: &Params,
+    password: &SecretString,
+    stored: &str,
+    memory: &mut Memory,
+) -> Verified {
     let Ok(parsed) = PasswordHash::new(stored) else {
         return Verified::No;
     };
-    // Verification uses the parameters recorded in the hash itself.
-    if argon2(params)
-        .verify_password(password.expose_secret().as_bytes(), &parsed)
-        .is_err()
-    {
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return Verified::No;
+    };
+    let (Ok(algorithm), Ok(stored_params)) = (
+        Algorithm::try_from(parsed.algorithm.as_str()),
+        Params::try_from(&parsed),
+    ) else {
+        return Verified::No;
+    };
+    let version = parsed
+        .version
+        .map_or(Ok(Version::default()), Version::try_from);
+    let Ok(version) = version else {
+        return Verified::No;
+    };
+    let mut buffer = [0u8; Output::MAX_LENGTH];
+    let Some(out) = buffer.get_mut(..expected.len()) else {
+        return Verified::No;
+    };
+    let argon2 = Argon2::new(algorithm, version, stored_params.clone());
+    let computed = memory.with_blocks(stored_params.block_count(), |blocks| {
+        argon2.hash_password_into_with_memory(
+            password.expose_secret().as_bytes(),
+            salt,
+            out,
+            blocks,
+        )
+    });
+    // `Output`'s equality is constant-time.
+    let matches = computed.is_ok() && Output::new(out).is_ok_and(|computed| computed == *expected);
+    if !matches {
         return Verified::No;
     }
-    let current = parsed.algorithm.as_str() == ARGON2ID_IDENT.as_str()
-        && Params::try_from(&parsed).is_ok_and(|p| {
-            p.m_cost() == params.m_cost()
-                && p.t_cost() == params.t_cost()
-                && p.p_cost() == params.p_cost()
-        });
+    let current = parsed.algorithm == ARGON2ID_IDENT
+        && version == Version::V0x13
+        && stored_params.m_cost() == params.m_cost()
+        && stored_params.t_cost() == params.t_cost()
+        && stored_params.p_cost() == params.p_cost();
     if current {
         Verified::Yes
     } else {
@@ -247,6 +391,101 @@ mod tests {
         assert_eq!(
             new.verify_dummy(SecretString::from("x")).await.unwrap(),
             Verified::No
+        );
+    }
+
+    /// Hashes made before the hashing threads (by the argon2 crate's own `PasswordHasher`,
+    /// with its default salt and output lengths) keep verifying, and the crate verifies ours.
+    #[tokio::test]
+    async fn hashes_are_interchangeable_with_the_argon2_crates_own() {
+        use argon2::{PasswordHasher as _, PasswordVerifier as _};
+        let pool = pool(1024);
+        let params = Params::new(1024, 1, 1, None).unwrap();
+        let theirs = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password(b"correct horse")
+            .unwrap()
+            .to_string();
+        for (password, expected) in [("correct horse", Verified::Yes), ("wrong", Verified::No)] {
+            let got = pool
+                .verify(SecretString::from(password), theirs.clone())
+                .await
+                .unwrap();
+            assert_eq!(got, expected, "{password}");
+        }
+        let ours = pool
+            .hash(SecretString::from("correct horse"))
+            .await
+            .unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(
+            Argon2::default()
+                .verify_password(b"correct horse", &parsed)
+                .is_ok()
+        );
+        assert!(
+            Argon2::default()
+                .verify_password(b"wrong", &parsed)
+                .is_err()
+        );
+        // An argon2i hash verifies too, and is upgraded.
+        let argon2i = Argon2::new(
+            Algorithm::Argon2i,
+            Version::V0x13,
+            Params::new(1024, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"correct horse")
+        .unwrap()
+        .to_string();
+        assert_eq!(
+            pool.verify(SecretString::from("correct horse"), argon2i)
+                .await
+                .unwrap(),
+            Verified::YesRehash
+        );
+    }
+
+    /// Every hash runs on one of `concurrency` threads, each reusing the same memory; a stored
+    /// hash bigger than the configured memory is checked without growing what is kept.
+    #[tokio::test]
+    async fn hashing_threads_keep_their_memory() {
+        let threads = HashingThreads::start(2, &Params::new(1024, 1, 1, None).unwrap()).unwrap();
+        let permits = Arc::new(Semaphore::new(2));
+        let mut seen = std::collections::HashMap::new();
+        for _ in 0..40 {
+            let permit = permits.clone().acquire_owned().await.unwrap();
+            let (name, kept) = threads
+                .run(permit, |memory: &mut Memory| {
+                    let kept = memory.blocks.as_ptr() as usize;
+                    let len = memory.blocks.len();
+                    memory.with_blocks(4096, |blocks| assert_eq!(blocks.len(), 4096));
+                    assert_eq!(memory.blocks.len(), len);
+                    Ok((std::thread::current().name().map(str::to_owned), kept))
+                })
+                .await
+                .unwrap();
+            let name = name.unwrap();
+            assert!(name.starts_with("argon2-"), "{name}");
+            assert_eq!(*seen.entry(name).or_insert(kept), kept);
+        }
+        assert!(seen.len() <= 2, "{seen:?}");
+    }
+
+    /// A job that panics fails its caller and leaves the thread serving.
+    #[tokio::test]
+    async fn a_panicking_job_fails_alone() {
+        let threads = HashingThreads::start(1, &Params::new(8, 1, 1, None).unwrap()).unwrap();
+        let permits = Arc::new(Semaphore::new(1));
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        let failed = threads
+            .run(permit, |_: &mut Memory| -> Result<(), HashError> {
+                std::panic::panic_any("boom")
+            })
+            .await;
+        assert!(matches!(failed, Err(HashError::Failed(_))));
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        assert_eq!(
+            threads.run(permit, |_: &mut Memory| Ok(7)).await.unwrap(),
+            7
         );
     }
 

@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Helpers of bench/run.sh (standard library only, except the chart, which needs matplotlib).
+
+    report.py tokens BASE USERS COUNT PASSWORD OUT   sign COUNT loaded accounts in, tokens to OUT
+    report.py summary RESULTS_DIR OUT_JSON           gather a run's results, print the table
+    report.py chart RESULTS_JSON OUT_PNG             draw the chart of docs/performance.md
+"""
+import concurrent.futures
+import glob
+import json
+import os
+import platform
+import sys
+import time
+import urllib.request
+
+
+def sign_in(base, n, password):
+    body = json.dumps({"email": f"user{n}@bench.example", "password": password}).encode()
+    request = urllib.request.Request(
+        f"{base}/api/v1/auth/login", data=body, headers={"content-type": "application/json"}
+    )
+    for attempt in range(20):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.load(response)["access_token"]
+        except urllib.error.HTTPError as e:
+            if e.code != 503:  # only a shed sign-in is retried
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise RuntimeError(f"user{n} could not sign in")
+
+
+def tokens(base, users, count, password, out):
+    users, count = int(users), int(count)
+    picked = [i * users // count for i in range(count)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(lambda n: sign_in(base, n, password), picked))
+    with open(out, "w") as f:
+        f.write("\n".join(found) + "\n")
+    print(f"{len(found)} users signed in for their tokens")
+
+
+def rss_series(path):
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                out.append((float(parts[0]), int(parts[1])))
+    return out
+
+
+def summary(results, out):
+    data = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": {"cores": os.cpu_count(), "platform": platform.platform()},
+            "runs": {}}
+    for path in sorted(glob.glob(os.path.join(results, "*.json"))):
+        with open(path) as f:
+            data["runs"][os.path.basename(path)[:-5]] = json.load(f)
+    for path in sorted(glob.glob(os.path.join(results, "*-rss.txt"))):
+        series = rss_series(path)
+        if series:
+            start = series[0][0]
+            data["runs"][os.path.basename(path)[:-4]] = {
+                "samples": [[round(t - start, 1), kib] for t, kib in series],
+                "peak_kib": max(k for _, k in series),
+            }
+    with open(out, "w") as f:
+        json.dump(data, f, indent=1)
+    print_table(data)
+
+
+def mib(kib):
+    return f"{kib / 1024:.0f} MiB"
+
+
+def print_table(data):
+    runs = data["runs"]
+    print()
+    print(f"| measurement | requests/s | p50 | p99 | max | errors | 503 | RSS after |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in runs.items():
+        if "rps" not in r:
+            continue
+        shed = r.get("statuses", {}).get("503", 0)
+        other = r["non_2xx"] - shed + r["socket_errors"] + r["timeouts"]
+        print(f"| {name} | {r['rps']:,.1f} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms "
+              f"| {r['max_ms']:.1f} ms | {other} | {shed} | |")
+    hl = runs.get("hash_limit")
+    if hl:
+        print(f"\nhash limit: {hl['limit_per_s']:.1f} verifications/s "
+              f"({hl['ms_per_verification']:.1f} ms each on {hl['threads']} threads)")
+    for b in ("mariadb", "embedded"):
+        if f"{b}-rss-idle" not in runs:
+            continue
+        line = f"{b}: RSS idle {mib(runs[f'{b}-rss-idle']['rss_kib'])}"
+        if f"{b}-signin-rss" in runs:
+            line += f", peak during sign-in {mib(runs[f'{b}-signin-rss']['peak_kib'])}"
+        if f"{b}-rss-after-signin" in runs:
+            line += f", 20 s after {mib(runs[f'{b}-rss-after-signin']['rss_kib'])}"
+        if f"{b}-soak-rss" in runs:
+            line += f", soak peak {mib(runs[f'{b}-soak-rss']['peak_kib'])}"
+        print(line)
+    print("\nratios:")
+    def ratio(label, a, b):
+        if a in runs and b in runs and "rps" in runs[a] and "rps" in runs[b]:
+            print(f"  {label}: {runs[a]['rps'] / runs[b]['rps']:.1%}")
+    ratio("read / ceiling", "mariadb-read", "ceiling-read")
+    ratio("read (again) / ceiling", "mariadb-read-again", "ceiling-read")
+    if hl:
+        for b in ("mariadb", "embedded"):
+            for what in ("signin", "register", "big-signin"):
+                key = f"{b}-{what}"
+                if key in runs:
+                    print(f"  {key} / hash limit: {runs[key]['rps'] / hl['limit_per_s']:.1%}")
+    for b in ("mariadb", "embedded"):
+        a, s = runs.get(f"{b}-read"), runs.get(f"{b}-read-in-storm")
+        if a and s:
+            print(f"  {b} read p99 in storm / alone: {s['p99_ms'] / a['p99_ms']:.2f}x")
+        big = runs.get(f"{b}-big-read")
+        if a and big:
+            print(f"  {b} read with BIG / USERS: {big['rps'] / a['rps']:.1%}")
+        si, bsi = runs.get(f"{b}-signin"), runs.get(f"{b}-big-signin")
+        if si and bsi:
+            print(f"  {b} sign-in with BIG / USERS: {bsi['rps'] / si['rps']:.1%}")
+
+
+def chart(results, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(results) as f:
+        data = json.load(f)
+    runs = data["runs"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    reads = [(label, runs[key]["rps"]) for key, label in [
+        ("ceiling-read", "ceiling"), ("mariadb-read", "dt-users\nMariaDB+Redis"),
+        ("mariadb-read-in-storm", "… in sign-in\nstorm"), ("embedded-read", "dt-users\nembedded"),
+        ("embedded-read-in-storm", "… in sign-in\nstorm")] if key in runs]
+    left.bar([r[0] for r in reads], [r[1] for r in reads], color="#4878a8")
+    left.set_title("GET /api/v1/users/current (requests/s)")
+    for i, (_, v) in enumerate(reads):
+        left.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
+    left.tick_params(axis="x", labelsize=8)
+    for key, label in [("mariadb-signin-rss", "sign-in, MariaDB+Redis"),
+                       ("embedded-signin-rss", "sign-in, embedded"),
+                       ("mariadb-soak-rss", "soak, MariaDB+Redis")]:
+        if key in runs:
+            s = runs[key]["samples"]
+            right.plot([t for t, _ in s], [k / 1024 for _, k in s], label=label)
+    right.set_title("server resident memory (MiB)")
+    right.set_xlabel("seconds")
+    right.set_ylim(bottom=0)
+    right.legend(fontsize=8)
+    fig.suptitle(f"dt-users load benchmark, {data['date']}, {data['machine']['cores']} cores")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"chart: {out}")
+
+
+if __name__ == "__main__":
+    command, *args = sys.argv[1:]
+    {"tokens": tokens, "summary": summary, "chart": chart}[command](*args)
