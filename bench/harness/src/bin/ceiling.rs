@@ -25,7 +25,7 @@ use sqlx::Row as _;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions, MySqlRow};
 use uuid::Uuid;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use dt_users_bench::BoxError;
 
 #[derive(Deserialize)]
 struct Claims {

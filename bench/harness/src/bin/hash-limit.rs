@@ -11,29 +11,16 @@
 
 use std::time::{Duration, Instant};
 
-use argon2::{Algorithm, Argon2, Block, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Version};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-fn param(name: &str, default: u32) -> Result<u32, BoxError> {
-    match std::env::var(name) {
-        Ok(value) => Ok(value.parse().map_err(|e| format!("{name}: {e}"))?),
-        Err(_) => Ok(default),
-    }
-}
+use dt_users_bench::{BoxError, argon2_params};
 
 fn main() -> Result<(), BoxError> {
     let seconds: u64 = match std::env::args().nth(1) {
         Some(s) => s.parse()?,
         None => 10,
     };
-    let params = Params::new(
-        param("DT_USERS_ARGON2_MEMORY_KIB", 19_456)?,
-        param("DT_USERS_ARGON2_ITERATIONS", 2)?,
-        param("DT_USERS_ARGON2_PARALLELISM", 1)?,
-        None,
-    )
-    .map_err(|e| format!("argon2 parameters: {e}"))?;
+    let params = argon2_params()?;
     let threads = std::thread::available_parallelism()?.get();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();

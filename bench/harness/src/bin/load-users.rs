@@ -13,20 +13,13 @@ use std::time::Instant;
 
 use dt_users_domain::{Clock, SystemClock};
 
-use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version};
+use argon2::{Algorithm, Argon2, PasswordHasher, Version};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use uuid::Uuid;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use dt_users_bench::{BoxError, argon2_params};
 
 const BATCH: u64 = 2_000;
-
-fn param(name: &str, default: u32) -> Result<u32, BoxError> {
-    match std::env::var(name) {
-        Ok(value) => Ok(value.parse().map_err(|e| format!("{name}: {e}"))?),
-        Err(_) => Ok(default),
-    }
-}
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -35,13 +28,7 @@ async fn main() -> Result<(), BoxError> {
         return Err("usage: load-users <database-url> <from> <to> <password>".into());
     };
     let (from, to): (u64, u64) = (from.parse()?, to.parse()?);
-    let params = Params::new(
-        param("DT_USERS_ARGON2_MEMORY_KIB", 19_456)?,
-        param("DT_USERS_ARGON2_ITERATIONS", 2)?,
-        param("DT_USERS_ARGON2_PARALLELISM", 1)?,
-        None,
-    )
-    .map_err(|e| format!("argon2 parameters: {e}"))?;
+    let params = argon2_params()?;
     let hash = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
         .hash_password(password.as_bytes())
         .map_err(|e| format!("hashing: {e}"))?
