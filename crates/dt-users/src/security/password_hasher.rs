@@ -62,7 +62,7 @@ type Job = Box<dyn FnOnce(&mut Memory) + Send>;
 /// A fixed set of hashing threads fed by one channel. The threads end when it is dropped.
 #[derive(Debug)]
 struct HashingThreads {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: mpsc::Sender<Job>,
 }
 
 impl HashingThreads {
@@ -89,9 +89,7 @@ impl HashingThreads {
                 })
                 .map_err(|e| HashError::Failed(format!("starting a hashing thread: {e}")))?;
         }
-        Ok(Self {
-            jobs: Mutex::new(sender),
-        })
+        Ok(Self { jobs: sender })
     }
 
     /// Runs `work` on a hashing thread; `permit` is held until it is done, even if the caller
@@ -107,8 +105,6 @@ impl HashingThreads {
             drop(permit);
         });
         self.jobs
-            .lock()
-            .map_err(|_| HashError::Failed("the hashing threads are gone".into()))?
             .send(job)
             .map_err(|_| HashError::Failed("the hashing threads are gone".into()))?;
         answered
