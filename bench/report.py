@@ -4,6 +4,8 @@
     report.py tokens BASE USERS COUNT PASSWORD OUT   sign COUNT loaded accounts in, tokens to OUT
     report.py summary RESULTS_DIR OUT_JSON           gather a run's results, print the table
     report.py chart RESULTS_JSON OUT_PNG             draw the chart of docs/performance.md
+    report.py cpu BEFORE AFTER                       shares of the machine from two cpu_samples
+    report.py median RESULTS_DIR NAME                NAME.json from the median of NAME-rN.json
 """
 import concurrent.futures
 import glob
@@ -41,6 +43,43 @@ def tokens(base, users, count, password, out):
     print(f"{len(found)} users signed in for their tokens")
 
 
+def cpu(before, after):
+    """Shares of the whole machine (1.0 = every core) used between two samples of run.sh's
+    cpu_sample: the measured process, MariaDB, Redis, and everything else (the load
+    generator, mostly); idle is what was left."""
+    b, a = before.split(), after.split()
+    total = int(a[0]) - int(b[0])
+    if total <= 0:
+        print("{}")
+        return
+    shares = {"idle": (int(a[1]) - int(b[1])) / total}
+    for name, x, y in zip(("service", "mariadb", "redis"), b[2:], a[2:]):
+        shares[name] = max(0, int(y) - int(x)) / total
+    shares["other"] = max(0.0, 1 - sum(shares.values()))
+    print(json.dumps({k: round(v, 3) for k, v in shares.items()}))
+
+
+def median(results, name):
+    """Writes NAME.json (and NAME-cpu.json) from the round NAME-rN of median requests/s, with
+    every round's requests/s under "rounds"."""
+    rounds = []
+    for path in glob.glob(os.path.join(results, f"{name}-r*.json")):
+        stem = os.path.basename(path)[:-5]
+        if stem.endswith("-cpu"):
+            continue
+        with open(path) as f:
+            rounds.append((json.load(f), stem))
+    rounds.sort(key=lambda r: r[0]["rps"])
+    picked, stem = rounds[len(rounds) // 2]
+    picked["rounds"] = [r["rps"] for r, _ in rounds]
+    with open(os.path.join(results, f"{name}.json"), "w") as f:
+        json.dump(picked, f)
+    cpu_path = os.path.join(results, f"{stem}-cpu.json")
+    if os.path.exists(cpu_path):
+        with open(cpu_path) as src, open(os.path.join(results, f"{name}-cpu.json"), "w") as dst:
+            dst.write(src.read())
+
+
 def rss_series(path):
     if not os.path.exists(path):
         return []
@@ -58,8 +97,13 @@ def summary(results, out):
             "machine": {"cores": os.cpu_count(), "platform": platform.platform()},
             "runs": {}}
     for path in sorted(glob.glob(os.path.join(results, "*.json"))):
+        name = os.path.basename(path)[:-5]
         with open(path) as f:
-            data["runs"][os.path.basename(path)[:-5]] = json.load(f)
+            found = json.load(f)
+        if name.endswith("-cpu"):
+            data["runs"].setdefault(name[:-4], {})["cpu"] = found
+        else:
+            data["runs"].setdefault(name, {}).update(found)
     for path in sorted(glob.glob(os.path.join(results, "*-rss.txt"))):
         series = rss_series(path)
         if series:
@@ -77,6 +121,13 @@ def mib(kib):
     return f"{kib / 1024:.0f} MiB"
 
 
+def adjacent_hash_limit(runs, key):
+    """The mean of the hash limits measured right before and right after a measurement."""
+    found = [runs[f"hash-limit-{key}-{when}"]["limit_per_s"] for when in ("before", "after")
+             if f"hash-limit-{key}-{when}" in runs]
+    return sum(found) / len(found) if found else None
+
+
 def print_table(data):
     runs = data["runs"]
     print()
@@ -89,6 +140,14 @@ def print_table(data):
         other = r["non_2xx"] - shed + r["socket_errors"] + r["timeouts"]
         print(f"| {name} | {r['rps']:,.1f} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms "
               f"| {r['max_ms']:.1f} ms | {other} | {shed} | |")
+    print("\nshare of the machine (2 cores = 100 %) per measurement:")
+    print("| measurement | service | MariaDB | Redis | other (wrk) | idle |")
+    print("|---|---|---|---|---|---|")
+    for name, r in runs.items():
+        c = r.get("cpu")
+        if c:
+            print(f"| {name} | " + " | ".join(f"{c.get(k, 0):.0%}" for k in
+                  ("service", "mariadb", "redis", "other", "idle")) + " |")
     hl = runs.get("hash_limit")
     if hl:
         print(f"\nhash limit: {hl['limit_per_s']:.1f} verifications/s "
@@ -108,18 +167,23 @@ def print_table(data):
     def ratio(label, a, b):
         if a in runs and b in runs and "rps" in runs[a] and "rps" in runs[b]:
             print(f"  {label}: {runs[a]['rps'] / runs[b]['rps']:.1%}")
-    ratio("read / ceiling", "mariadb-read", "ceiling-read")
-    ratio("read (again) / ceiling", "mariadb-read-again", "ceiling-read")
-    if hl:
-        for b in ("mariadb", "embedded"):
-            for what in ("signin", "register", "big-signin"):
-                key = f"{b}-{what}"
-                if key in runs:
-                    print(f"  {key} / hash limit: {runs[key]['rps'] / hl['limit_per_s']:.1%}")
+    ratio("read / ceiling (median rounds)", "mariadb-read", "ceiling-read")
+    for r in ("mariadb-read", "ceiling-read"):
+        if "rounds" in runs.get(r, {}):
+            print(f"  {r} rounds: " + ", ".join(f"{x:,.0f}" for x in runs[r]["rounds"]))
     for b in ("mariadb", "embedded"):
-        a, s = runs.get(f"{b}-read"), runs.get(f"{b}-read-in-storm")
-        if a and s:
-            print(f"  {b} read p99 in storm / alone: {s['p99_ms'] / a['p99_ms']:.2f}x")
+        for what in ("signin", "register", "big-signin"):
+            key = f"{b}-{what}"
+            limit = adjacent_hash_limit(runs, key)
+            if key in runs and limit:
+                print(f"  {key} / hash limit right around it ({limit:.1f}/s): "
+                      f"{runs[key]['rps'] / limit:.1%}")
+    for b in ("mariadb", "embedded"):
+        a = runs.get(f"{b}-read")
+        for kind in ("storm", "flood"):
+            s = runs.get(f"{b}-read-in-{kind}")
+            if a and s:
+                print(f"  {b} read p99 in {kind} / alone: {s['p99_ms'] / a['p99_ms']:.2f}x")
         big = runs.get(f"{b}-big-read")
         if a and big:
             print(f"  {b} read with BIG / USERS: {big['rps'] / a['rps']:.1%}")
@@ -139,8 +203,9 @@ def chart(results, out):
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     reads = [(label, runs[key]["rps"]) for key, label in [
         ("ceiling-read", "ceiling"), ("mariadb-read", "dt-users\nMariaDB+Redis"),
-        ("mariadb-read-in-storm", "… in sign-in\nstorm"), ("embedded-read", "dt-users\nembedded"),
-        ("embedded-read-in-storm", "… in sign-in\nstorm")] if key in runs]
+        ("mariadb-read-in-storm", "… in sign-in\nstorm"), ("mariadb-read-in-flood", "… in sign-in\nflood"),
+        ("embedded-read", "dt-users\nembedded"), ("embedded-read-in-storm", "… in sign-in\nstorm"),
+        ("embedded-read-in-flood", "… in sign-in\nflood")] if key in runs]
     left.bar([r[0] for r in reads], [r[1] for r in reads], color="#4878a8")
     left.set_title("GET /api/v1/users/current (requests/s)")
     for i, (_, v) in enumerate(reads):
@@ -164,4 +229,5 @@ def chart(results, out):
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"tokens": tokens, "summary": summary, "chart": chart}[command](*args)
+    {"tokens": tokens, "summary": summary, "chart": chart, "cpu": cpu,
+     "median": median}[command](*args)

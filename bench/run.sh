@@ -5,14 +5,16 @@
 #   - the minimal-work ceiling of the authenticated read (bench/harness, MariaDB + Redis only)
 #     and dt-users' `GET /api/v1/users/current` with the tokens of many users;
 #   - sign-in (right passwords) and registration, with resident memory sampled every second;
-#   - the read alone and during a sign-in storm (excess sign-ins shed with 503 `overloaded`);
+#   - the read alone and during a sign-in storm (excess sign-ins shed with 503 `overloaded`),
+#     of clients that wait the Retry-After (the storm) and of clients that do not (the flood);
 #   - optionally the read and sign-in again with BIG accounts loaded, and a soak.
 # Prints a table and writes JSON (bench/results/latest.json); bench/report.py draws the chart.
 #
 #   bench/run.sh                                   # about 8 minutes
 #   SIGNIN=600 BIG=1000000 SOAK=600 bench/run.sh   # the run docs/performance.md reports
 #
-# Settings (environment): DURATION (s per read measurement, 15), CONNECTIONS (64), USERS
+# Settings (environment): DURATION (s per read measurement, 15), ROUNDS (alternating rounds of
+# the read and the ceiling, 3; each reported by its median), CONNECTIONS (64), USERS
 # (accounts loaded, 10000), TOKENS (users whose tokens the read uses, 500), SIGNIN (s of the
 # sign-in measurement, 30), REGISTER (s of the registration measurement, 15), STORM_CONNECTIONS
 # (sign-in connections of the storm, 256), BIG (accounts for the repeat, 0 = skip), SOAK (s of
@@ -28,6 +30,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 DURATION=${DURATION:-15}
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 USERS=${USERS:-10000}
 TOKENS=${TOKENS:-500}
@@ -121,18 +124,38 @@ stop_sampler() {
 
 rss() { ps -o rss= -p "$SERVER" | tr -d ' '; }
 
+cpu_sample() { # cpu_sample PID...: the machine's total and idle jiffies, then each PID's
+  local _cpu user nice system idle iowait irq softirq steal _rest
+  read -r _cpu user nice system idle iowait irq softirq steal _rest </proc/stat
+  echo "$((user + nice + system + idle + iowait + irq + softirq + steal)) $((idle + iowait))"
+  for pid in "$@"; do awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0; done
+}
+
+# The process a measurement is aimed at (the service, or the ceiling while it is measured):
+# each measurement records the share of the machine it, MariaDB and Redis used.
+MEASURED=""
+
 run_wrk() { # run_wrk NAME SCRIPT CONNECTIONS SECONDS URL [extra env...]: one measurement
-  local name=$1 script=$2 connections=$3 seconds=$4 url=$5
+  local name=$1 script=$2 connections=$3 seconds=$4 url=$5 pids before
   shift 5
   echo "--- $name: $connections connections, ${seconds}s"
+  pids=("${MEASURED:-$SERVER}" "$(pgrep -o -x mariadbd || echo 0)" "$(pgrep -o -x redis-server || echo 0)")
+  before=$(cpu_sample "${pids[@]}")
   env "$@" WRK_JSON="$RESULTS/$name.json" TOKENS="$WORK/tokens" USERS="$USERS" \
     PASSWORD="$PASSWORD" RUN_ID="$$" \
     wrk -t2 -c"$connections" -d"${seconds}s" --timeout 10s -s "$BENCH_WRK_DIR/$script" "$url" \
     >"$WORK/$name.wrk" 2>&1 || { cat "$WORK/$name.wrk"; return 1; }
+  python3 "$ROOT/bench/report.py" cpu "$before" "$(cpu_sample "${pids[@]}")" >"$RESULTS/$name-cpu.json"
   tail -1 "$WORK/$name.wrk"
 }
 
 note() { echo "$2" >"$RESULTS/$1.json"; }
+
+# The speed of this machine's cores drifts (other tenants): each hashing measurement is
+# compared with the hash limit measured right before and right after it.
+hash_limit() { # hash_limit MEASUREMENT before|after
+  "$BIN/hash-limit" 5 >"$RESULTS/hash-limit-$1-$2.json"
+}
 
 phase() { [[ " $PHASES " == *" $1 "* ]]; }
 
@@ -161,46 +184,66 @@ measure_backend() { # measure_backend mariadb|embedded
   note "$b-rss-idle" "{\"rss_kib\":$(rss)}"
   python3 "$ROOT/bench/report.py" tokens "$BASE" "$USERS" "$TOKENS" "$PASSWORD" "$WORK/tokens"
 
+  # The read, and on MariaDB + Redis the ceiling, in alternating rounds (neither profits
+  # from the order); each is reported by its median round.
   if phase read; then
-  run_wrk "$b-read" read.lua "$CONNECTIONS" "$DURATION" "$BASE"
-  fi
-  if phase read && [ "$b" = mariadb ]; then
-    CEILING_PORT=$CEILING_PORT CEILING_DATABASE_URL="$DT_USERS_DATABASE_URL" \
-      CEILING_REDIS_URL="$DT_USERS_REDIS_URL" CEILING_REDIS_KEY_PREFIX="$PREFIX" \
-      CEILING_PUBLIC_KEY_FILE="$WORK/public.pem" "$BIN/ceiling" >"$WORK/ceiling.log" 2>&1 &
-    local ceiling=$!
-    PIDS+=("$ceiling")
-    for _ in $(seq 100); do curl -s "http://127.0.0.1:$CEILING_PORT/" >/dev/null 2>&1 && break; sleep 0.1; done
-    run_wrk "ceiling-read" read.lua "$CONNECTIONS" "$DURATION" "http://127.0.0.1:$CEILING_PORT"
-    kill "$ceiling"; wait "$ceiling" 2>/dev/null || true
-    # The same read, once more, right after the ceiling's (the two alternate, so neither
-    # profits from the order).
-    run_wrk "$b-read-again" read.lua "$CONNECTIONS" "$DURATION" "$BASE"
+    local ceiling="" round
+    if [ "$b" = mariadb ]; then
+      CEILING_PORT=$CEILING_PORT CEILING_DATABASE_URL="$DT_USERS_DATABASE_URL" \
+        CEILING_REDIS_URL="$DT_USERS_REDIS_URL" CEILING_REDIS_KEY_PREFIX="$PREFIX" \
+        CEILING_PUBLIC_KEY_FILE="$WORK/public.pem" "$BIN/ceiling" >"$WORK/ceiling.log" 2>&1 &
+      ceiling=$!
+      PIDS+=("$ceiling")
+      for _ in $(seq 100); do curl -s "http://127.0.0.1:$CEILING_PORT/" >/dev/null 2>&1 && break; sleep 0.1; done
+    fi
+    for round in $(seq "$ROUNDS"); do
+      run_wrk "$b-read-r$round" read.lua "$CONNECTIONS" "$DURATION" "$BASE"
+      if [ -n "$ceiling" ]; then
+        MEASURED=$ceiling
+        run_wrk "ceiling-read-r$round" read.lua "$CONNECTIONS" "$DURATION" "http://127.0.0.1:$CEILING_PORT"
+        MEASURED=""
+      fi
+    done
+    python3 "$ROOT/bench/report.py" median "$RESULTS" "$b-read"
+    if [ -n "$ceiling" ]; then
+      kill "$ceiling"; wait "$ceiling" 2>/dev/null || true
+      python3 "$ROOT/bench/report.py" median "$RESULTS" ceiling-read
+    fi
   fi
 
   # Sign-in at full hash capacity, memory sampled, then the memory after the storm.
   if phase signin; then
-  note "$b-rss-before-signin" "{\"rss_kib\":$(rss)}"
-  start_sampler "$RESULTS/$b-signin-rss.txt"
-  run_wrk "$b-signin" signin.lua 16 "$SIGNIN" "$BASE"
-  sleep 20
-  stop_sampler
-  note "$b-rss-after-signin" "{\"rss_kib\":$(rss)}"
+    hash_limit "$b-signin" before
+    note "$b-rss-before-signin" "{\"rss_kib\":$(rss)}"
+    start_sampler "$RESULTS/$b-signin-rss.txt"
+    run_wrk "$b-signin" signin.lua 16 "$SIGNIN" "$BASE"
+    sleep 20
+    stop_sampler
+    note "$b-rss-after-signin" "{\"rss_kib\":$(rss)}"
+    hash_limit "$b-signin" after
   fi
 
   if phase register; then
-  run_wrk "$b-register" register.lua 16 "$REGISTER" "$BASE"
+    hash_limit "$b-register" before
+    run_wrk "$b-register" register.lua 16 "$REGISTER" "$BASE"
+    hash_limit "$b-register" after
   fi
 
-  # The read during a sign-in storm bigger than the hashing queue.
+  # The read during a sign-in storm bigger than the hashing queue: clients that wait the
+  # Retry-After of a shed sign-in (the storm), then clients that retry at once (the flood).
   if phase storm; then
-  run_wrk "$b-storm-signin" signin.lua "$STORM_CONNECTIONS" "$((DURATION + 4))" "$BASE" &
-  local storm=$!
-  sleep 2
-  run_wrk "$b-read-in-storm" read.lua "$CONNECTIONS" "$DURATION" "$BASE"
-  wait "$storm"
-  sleep 5
-  run_wrk "$b-read-after-storm" read.lua "$CONNECTIONS" "$DURATION" "$BASE"
+    local kind retry
+    for kind in storm flood; do
+      retry=$([ "$kind" = storm ] && echo 1 || echo 0)
+      run_wrk "$b-$kind-signin" signin.lua "$STORM_CONNECTIONS" "$((DURATION + 4))" "$BASE" \
+        RETRY_AFTER="$retry" &
+      local storm=$!
+      sleep 2
+      run_wrk "$b-read-in-$kind" read.lua "$CONNECTIONS" "$DURATION" "$BASE"
+      wait "$storm"
+      sleep 5
+      run_wrk "$b-read-after-$kind" read.lua "$CONNECTIONS" "$DURATION" "$BASE"
+    done
   fi
 
   if [ "$BIG" -gt "$USERS" ]; then
@@ -211,7 +254,9 @@ measure_backend() { # measure_backend mariadb|embedded
     sleep 2
     python3 "$ROOT/bench/report.py" tokens "$BASE" "$BIG" "$TOKENS" "$PASSWORD" "$WORK/tokens"
     run_wrk "$b-big-read" read.lua "$CONNECTIONS" "$DURATION" "$BASE"
+    hash_limit "$b-big-signin" before
     run_wrk "$b-big-signin" signin.lua 16 "$DURATION" "$BASE" USERS="$BIG"
+    hash_limit "$b-big-signin" after
   fi
 
   if [ "$SOAK" -gt 0 ] && [ "$b" = mariadb ]; then

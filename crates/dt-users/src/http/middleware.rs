@@ -123,6 +123,35 @@ pub fn panic_response(_err: Box<dyn std::any::Any + Send + 'static>) -> Response
     response
 }
 
+/// The routes every request of which hashes a password.
+const HASHING_ROUTES: [&str; 3] = [
+    "/api/v1/auth/login",
+    "/api/v1/auth/register",
+    "/api/v1/auth/password/reset",
+];
+
+/// Sheds a request that would hash a password while every hashing thread is busy and the
+/// queue is full: before the rate limiter's round trip, before its body is read, so that a
+/// storm of sign-ins costs the other routes as little as possible. Such a request would be
+/// shed later anyway; one let through here is still admitted or shed by the hasher itself.
+pub async fn shed_password_work(
+    axum::extract::State(state): axum::extract::State<super::AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let shed = request.method() == axum::http::Method::POST
+        && state.app.hasher.is_saturated()
+        && request
+            .extensions()
+            .get::<MatchedPath>()
+            .is_some_and(|route| HASHING_ROUTES.contains(&route.as_str()));
+    if shed {
+        metrics::counter!("password_hash_shed_total").increment(1);
+        return ApiError::from(crate::service::ServiceError::Overloaded).into_response();
+    }
+    next.run(request).await
+}
+
 /// The generous per-client ceiling on every request.
 pub async fn global_rate_limit(
     axum::extract::State(app): axum::extract::State<super::AppState>,
@@ -166,4 +195,17 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
         );
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every route named as hashing is a route, and takes a POST.
+    #[test]
+    fn the_hashing_routes_are_routes_that_take_posts() {
+        let openapi = super::super::openapi();
+        for route in super::HASHING_ROUTES {
+            let item = openapi.paths.paths.get(route);
+            assert!(item.is_some_and(|item| item.post.is_some()), "{route}");
+        }
+    }
 }

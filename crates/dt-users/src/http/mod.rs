@@ -267,8 +267,12 @@ pub fn router(app: Arc<App>, edge: Edge) -> Router {
         .merge(docs)
         .fallback(middleware::not_found)
         .layer(axum::middleware::from_fn_with_state(
-            state,
+            state.clone(),
             middleware::global_rate_limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            middleware::shed_password_work,
         ))
         .layer(
             ServiceBuilder::new()

@@ -5,6 +5,11 @@
 //! whichever thread ran it made resident memory grow with every burst of sign-ins (the
 //! allocator keeps freed blocks in per-thread arenas) and cost about a fifth of each hash in
 //! page faults.
+//!
+//! On Linux the hashing threads run at a lower scheduling priority (nice +10) than the
+//! request workers, so that a burst of sign-ins uses the cores the cheap requests leave idle
+//! instead of slowing them: every request that is not a sign-in keeps its latency, and the
+//! sign-ins that do not fit are shed (see [`PasswordHasherPool`]).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,6 +62,24 @@ impl Memory {
     }
 }
 
+/// How much lower than the rest of the process the hashing threads are scheduled.
+const NICE_INCREMENT: i32 = 10;
+
+/// Lowers the calling thread's priority by [`NICE_INCREMENT`] (Linux keeps a nice value per
+/// thread). Failing to is harmless: the thread keeps the process's priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        let thread = Some(rustix::thread::gettid());
+        let lowered = getpriority_process(thread)
+            .and_then(|nice| setpriority_process(thread, (nice + NICE_INCREMENT).min(19)));
+        if let Err(e) = lowered {
+            tracing::warn!(error = %e, "hashing thread keeps the process's priority");
+        }
+    }
+}
+
 type Job = Box<dyn FnOnce(&mut Memory) + Send>;
 
 /// A fixed set of hashing threads fed by one channel. The threads end when it is dropped.
@@ -75,6 +98,7 @@ impl HashingThreads {
             std::thread::Builder::new()
                 .name(format!("argon2-{n}"))
                 .spawn(move || {
+                    lower_priority();
                     loop {
                         // The lock is held only while waiting for the next job.
                         let job = match receiver.lock() {
@@ -228,6 +252,13 @@ impl PasswordHasherPool {
         self.threads
             .run(permit, move |memory| work(&params, memory))
             .await
+    }
+
+    /// Whether a hash asked for now would be shed: every thread is busy and the queue is
+    /// full. Lets a request that would hash be refused before it does any other work.
+    pub fn is_saturated(&self) -> bool {
+        self.permits.available_permits() == 0
+            && self.waiting.load(Ordering::SeqCst) >= self.max_waiting
     }
 
     /// Hashes a (normalized) password with the configured parameters.
@@ -464,6 +495,25 @@ mod tests {
             assert_eq!(*seen.entry(name).or_insert(kept), kept);
         }
         assert!(seen.len() <= 2, "{seen:?}");
+    }
+
+    /// The hashing threads run below the priority of the thread that started them.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_threads_run_at_a_lower_priority() {
+        use rustix::process::getpriority_process;
+        let own = getpriority_process(Some(rustix::thread::gettid())).unwrap();
+        let threads = HashingThreads::start(1, &Params::new(8, 1, 1, None).unwrap()).unwrap();
+        let permits = Arc::new(Semaphore::new(1));
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        let theirs = threads
+            .run(permit, |_: &mut Memory| {
+                getpriority_process(Some(rustix::thread::gettid()))
+                    .map_err(|e| HashError::Failed(e.to_string()))
+            })
+            .await
+            .unwrap();
+        assert_eq!(theirs, (own + NICE_INCREMENT).min(19));
     }
 
     /// A job that panics fails its caller and leaves the thread serving.

@@ -242,6 +242,54 @@ on_both_backends! {
         );
     }
 
+    /// While every hashing thread is busy and the queue is full, a request that would hash is
+    /// shed before anything else runs: it spends none of the client's rate-limit quota, and
+    /// its body is not even read.
+    async fn saturated_hashing_sheds_before_the_rate_limiter_and_the_body(backend) {
+        let app = TestApp::spawn_with_on(backend, |s| {
+            s.rate_limit_enabled = true;
+            s.rate_limit_global_ip = "4/4/3600".into();
+            s.password_hash_concurrency = 1;
+            s.password_hash_queue = 1;
+            // Each hash takes a second or more, so the two below hold the hasher full.
+            s.argon2_memory_kib = 64 * 1024;
+            s.argon2_iterations = 40;
+        })
+        .await;
+        let holders: Vec<_> = (0..2)
+            .map(|n| {
+                let request = app
+                    .client
+                    .post(app.url("/api/v1/auth/login"))
+                    .json(&json!({"email": format!("nobody{n}@example.com"), "password": PASSWORD}));
+                tokio::spawn(async move { request.send().await.unwrap() })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        for (path, body) in [
+            ("/api/v1/auth/login", json!({"email": "ada@example.com", "password": PASSWORD})),
+            ("/api/v1/auth/register", json!({"email": "ada@example.com", "username": "ada", "password": PASSWORD})),
+            ("/api/v1/auth/password/reset", json!({"token": "x", "new_password": PASSWORD})),
+            ("/api/v1/auth/login", json!("not an object")),
+        ]
+        .into_iter()
+        .cycle()
+        .take(12)
+        {
+            let response = app.post_json(path, &body).await;
+            assert!(response.headers().contains_key("retry-after"), "{path}");
+            assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "overloaded").await;
+        }
+        // None of the twelve spent quota: two requests of the four remain, then 429.
+        for expected in [StatusCode::NOT_FOUND, StatusCode::NOT_FOUND, StatusCode::TOO_MANY_REQUESTS] {
+            let response = app.client.get(app.url("/api/v1/users/nobody")).send().await.unwrap();
+            assert_eq!(response.status(), expected);
+        }
+        for holder in holders {
+            assert_eq!(holder.await.unwrap().status(), StatusCode::UNAUTHORIZED);
+        }
+    }
+
     async fn saturated_hashing_is_shed_at_once_with_503_overloaded(backend) {
         let app = TestApp::spawn_with_on(backend, |s| {
             s.password_hash_concurrency = 1;
