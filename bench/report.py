@@ -202,21 +202,23 @@ def chart(results, out):
     runs = data["runs"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     reads = [(label, runs[key]["rps"]) for key, label in [
-        ("ceiling-read", "ceiling"), ("mariadb-read", "dt-users\nMariaDB+Redis"),
-        ("mariadb-read-in-storm", "… in sign-in\nstorm"), ("mariadb-read-in-flood", "… in sign-in\nflood"),
-        ("embedded-read", "dt-users\nembedded"), ("embedded-read-in-storm", "… in sign-in\nstorm"),
-        ("embedded-read-in-flood", "… in sign-in\nflood")] if key in runs]
+        ("ceiling-read", "ceiling"), ("mariadb-read", "MariaDB\n+Redis"),
+        ("mariadb-read-in-storm", "MariaDB\n+Redis,\nstorm"),
+        ("mariadb-read-in-flood", "MariaDB\n+Redis,\nflood"),
+        ("embedded-read", "embedded"), ("embedded-read-in-storm", "embedded,\nstorm"),
+        ("embedded-read-in-flood", "embedded,\nflood")] if key in runs]
     left.bar([r[0] for r in reads], [r[1] for r in reads], color="#4878a8")
-    left.set_title("GET /api/v1/users/current (requests/s)")
+    left.set_title("GET /api/v1/users/current (requests/s, 64 connections)")
     for i, (_, v) in enumerate(reads):
         left.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
-    left.tick_params(axis="x", labelsize=8)
-    for key, label in [("mariadb-signin-rss", "sign-in, MariaDB+Redis"),
-                       ("embedded-signin-rss", "sign-in, embedded"),
-                       ("mariadb-soak-rss", "soak, MariaDB+Redis")]:
+    left.tick_params(axis="x", labelsize=7)
+    for key, label, style in [("mariadb-signin-rss", "sign-in, MariaDB+Redis", "-"),
+                              ("embedded-signin-rss", "sign-in, embedded (sessions in process)", "-"),
+                              ("mariadb-soak-rss", "soak, MariaDB+Redis", "-"),
+                              ("mariadb-soak-before-upkeep-rss", "soak, before the metrics upkeep", "--")]:
         if key in runs:
             s = runs[key]["samples"]
-            right.plot([t for t, _ in s], [k / 1024 for _, k in s], label=label)
+            right.plot([t for t, _ in s], [k / 1024 for _, k in s], style, label=label)
     right.set_title("server resident memory (MiB)")
     right.set_xlabel("seconds")
     right.set_ylim(bottom=0)

@@ -58,8 +58,8 @@ DT_USERS_BIN=${DT_USERS_BIN:-$BIN/dt-users}
 SERVER_WRAPPER=${SERVER_WRAPPER:-}
 
 WORK=$(mktemp -d /tmp/dtu-bench.XXXXXX)
-RESULTS="$WORK/results"
-mkdir -p "$RESULTS"
+# Kept after the run (also one that fails midway), for a look at what was measured.
+RESULTS=$(mktemp -d /tmp/dtu-bench-results.XXXXXX)
 PREFIX="dtu-bench-$$"
 DB="dtu_bench_$$"
 PIDS=()
@@ -69,6 +69,7 @@ cleanup() {
   mariadb -uroot -h127.0.0.1 -e "DROP DATABASE IF EXISTS $DB" 2>/dev/null || true
   redis-cli --scan --pattern "$PREFIX*" | xargs -r redis-cli del >/dev/null 2>&1 || true
   rm -rf "$WORK"
+  echo "each measurement's results: $RESULTS"
 }
 trap cleanup EXIT
 
@@ -143,7 +144,7 @@ run_wrk() { # run_wrk NAME SCRIPT CONNECTIONS SECONDS URL [extra env...]: one me
   before=$(cpu_sample "${pids[@]}")
   env "$@" WRK_JSON="$RESULTS/$name.json" TOKENS="$WORK/tokens" USERS="$USERS" \
     PASSWORD="$PASSWORD" RUN_ID="$$" \
-    wrk -t2 -c"$connections" -d"${seconds}s" --timeout 10s -s "$BENCH_WRK_DIR/$script" "$url" \
+    wrk -t"$(( connections < 2 ? connections : 2 ))" -c"$connections" -d"${seconds}s" --timeout 10s -s "$BENCH_WRK_DIR/$script" "$url" \
     >"$WORK/$name.wrk" 2>&1 || { cat "$WORK/$name.wrk"; return 1; }
   python3 "$ROOT/bench/report.py" cpu "$before" "$(cpu_sample "${pids[@]}")" >"$RESULTS/$name-cpu.json"
   tail -1 "$WORK/$name.wrk"
@@ -158,6 +159,16 @@ hash_limit() { # hash_limit MEASUREMENT before|after
 }
 
 phase() { [[ " $PHASES " == *" $1 "* ]]; }
+
+settle() { # settle mariadb|embedded: after a bulk load, until MariaDB has written it out
+  [ "$1" = mariadb ] || return 0
+  local dirty
+  for _ in $(seq 120); do
+    dirty=$(mariadb -uroot -h127.0.0.1 -N -e "SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_pages_dirty'" | cut -f2)
+    [ "${dirty:-0}" -lt 100 ] && return 0
+    sleep 1
+  done
+}
 
 measure_backend() { # measure_backend mariadb|embedded
   local b=$1
@@ -250,10 +261,15 @@ measure_backend() { # measure_backend mariadb|embedded
     echo "==> $b: $BIG accounts"
     stop_server
     "$BIN/load-users" "$url" "$USERS" "$BIG" "$PASSWORD" >"$RESULTS/$b-load-big.json"
+    settle "$b"
     start_server "$b-big"
     sleep 2
     python3 "$ROOT/bench/report.py" tokens "$BASE" "$BIG" "$TOKENS" "$PASSWORD" "$WORK/tokens"
-    run_wrk "$b-big-read" read.lua "$CONNECTIONS" "$DURATION" "$BASE"
+    local round
+    for round in $(seq "$ROUNDS"); do
+      run_wrk "$b-big-read-r$round" read.lua "$CONNECTIONS" "$DURATION" "$BASE"
+    done
+    python3 "$ROOT/bench/report.py" median "$RESULTS" "$b-big-read"
     hash_limit "$b-big-signin" before
     run_wrk "$b-big-signin" signin.lua 16 "$DURATION" "$BASE" USERS="$BIG"
     hash_limit "$b-big-signin" after

@@ -1,13 +1,21 @@
 //! Logs (JSON lines by default) and the process-wide metrics recorder.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 static METRICS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Installs the Prometheus recorder once per process (tests build many apps in one).
+///
+/// The recorder keeps every histogram sample until upkeep folds it into its buckets, which a
+/// scrape of `/metrics` does, and otherwise nothing: an instance nobody scrapes grew by eight
+/// bytes a request (16 MiB in a 10-minute soak). A thread of its own runs the upkeep instead.
 pub fn install_metrics() {
     METRICS.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
@@ -18,6 +26,18 @@ pub fn install_metrics() {
             .build_recorder();
         let handle = recorder.handle();
         metrics::set_global_recorder(recorder).ok()?;
+        let upkeep = handle.clone();
+        let started = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    upkeep.run_upkeep();
+                }
+            });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "metrics upkeep not started: histograms drain only when scraped");
+        }
         Some(handle)
     });
 }
