@@ -140,13 +140,12 @@ pub async fn shed_password_work(
     next: Next,
 ) -> Response {
     let shed = request.method() == axum::http::Method::POST
-        && state.app.hasher.is_saturated()
         && request
             .extensions()
             .get::<MatchedPath>()
-            .is_some_and(|route| HASHING_ROUTES.contains(&route.as_str()));
+            .is_some_and(|route| HASHING_ROUTES.contains(&route.as_str()))
+        && state.app.hasher.shed_if_saturated();
     if shed {
-        metrics::counter!("password_hash_shed_total").increment(1);
         return ApiError::from(crate::service::ServiceError::Overloaded).into_response();
     }
     next.run(request).await

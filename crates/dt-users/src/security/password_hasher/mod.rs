@@ -140,7 +140,7 @@ impl PasswordHasherPool {
         }
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
-            metrics::counter!("password_hash_shed_total").increment(1);
+            count_shed();
             tracing::warn!("password hashing is saturated: request shed");
             return Err(HashError::Overloaded);
         }
@@ -158,11 +158,16 @@ impl PasswordHasherPool {
             .await
     }
 
-    /// Whether a hash asked for now would be shed: every thread is busy and the queue is
-    /// full. Lets a request that would hash be refused before it does any other work.
-    pub fn is_saturated(&self) -> bool {
-        self.permits.available_permits() == 0
-            && self.waiting.load(Ordering::SeqCst) >= self.max_waiting
+    /// Whether a hash asked for now would be shed (every thread is busy and the queue is
+    /// full), counted as shed if so. Lets a request that would hash be refused before it does
+    /// any other work.
+    pub fn shed_if_saturated(&self) -> bool {
+        let saturated = self.permits.available_permits() == 0
+            && self.waiting.load(Ordering::SeqCst) >= self.max_waiting;
+        if saturated {
+            count_shed();
+        }
+        saturated
     }
 
     /// Hashes a (normalized) password with the configured parameters.
@@ -190,6 +195,10 @@ impl PasswordHasherPool {
         })
         .await
     }
+}
+
+fn count_shed() {
+    metrics::counter!("password_hash_shed_total").increment(1);
 }
 
 fn failed(e: impl std::fmt::Display) -> HashError {
