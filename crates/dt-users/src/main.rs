@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use dt_users::domain::SystemClock;
 use dt_users::events::{TopicCreation, create_topics};
-use dt_users::startup::{Application, Background, Roles, build_app, open_db, readiness};
+use dt_users::startup::{Application, Background, Roles, build_app, close_db, open_db, readiness};
 use dt_users::telemetry;
 
 #[derive(Debug, Parser)]
@@ -127,11 +127,13 @@ async fn run(cli: Cli, config: Config) -> Result<(), Box<dyn std::error::Error>>
                 None => None,
             };
             shutdown_signal().await;
+            let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+            // The ops port keeps answering while the role drains.
+            background.shutdown_by(deadline).await;
             if let Some(server) = ops_server {
                 server.abort();
             }
-            background.shutdown().await;
-            app.db.close().await;
+            close_db(&app.db, deadline).await;
         }
         Command::Kafka {
             command:

@@ -326,12 +326,43 @@ impl Background {
         Ok(Self { stop, tasks })
     }
 
-    /// Asks every role to stop, and waits for in-flight work to finish.
+    /// Asks every role to stop, and waits for in-flight work to finish — until `deadline`,
+    /// when what still runs is abandoned (an email job returns to the queue once this worker's
+    /// heartbeat lapses, an outbox row not yet marked is handed on by the next relay, a
+    /// command not yet committed is read again). True if everything finished in time.
+    pub async fn shutdown_by(self, deadline: tokio::time::Instant) -> bool {
+        let _ = self.stop.send(true);
+        let mut abandoned = 0_usize;
+        for mut task in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+                abandoned += 1;
+            }
+        }
+        if abandoned > 0 {
+            tracing::warn!(
+                roles = abandoned,
+                "shutdown deadline reached: work still in flight was abandoned, to be picked up again elsewhere"
+            );
+        }
+        abandoned == 0
+    }
+
+    /// [`Self::shutdown_by`] with no deadline.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
+    }
+}
+
+/// Closes the database pool, waiting at most until `deadline` (and at least a second) for
+/// connections still in use.
+pub async fn close_db(db: &Db, deadline: tokio::time::Instant) {
+    let deadline = deadline.max(tokio::time::Instant::now() + std::time::Duration::from_secs(1));
+    if tokio::time::timeout_at(deadline, db.close()).await.is_err() {
+        tracing::warn!("database connections still in use at the shutdown deadline");
     }
 }
 
@@ -389,7 +420,9 @@ impl Application {
         &self.config
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight requests.
+    /// Serves until `shutdown` completes, then stops taking connections, lets the requests in
+    /// flight finish and the background roles stop — all within `DT_USERS_SHUTDOWN_TIMEOUT_SECS`
+    /// of the signal; what still runs then is cut off.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -411,16 +444,50 @@ impl Application {
         };
         let router = crate::http::router(self.app.clone(), edge);
         tracing::info!(address = %self.listener.local_addr()?, "listening");
-        let result = axum::serve(
+        let timeout = self.config.shutdown_timeout;
+        let (asked, mut deadline) = watch::channel(None::<tokio::time::Instant>);
+        let signal = async move {
+            shutdown.await;
+            tracing::info!(
+                deadline_secs = timeout.as_secs(),
+                "stopping: no new connections; finishing the requests in flight"
+            );
+            asked.send_replace(Some(tokio::time::Instant::now() + timeout));
+        };
+        let serving = axum::serve(
             self.listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        .with_graceful_shutdown(signal)
+        .into_future();
+        let cut_off = {
+            let mut deadline = deadline.clone();
+            async move {
+                let at = match deadline.wait_for(Option::is_some).await {
+                    Ok(at) => *at,
+                    // Serving ended without a signal.
+                    Err(_) => None,
+                };
+                match at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            }
+        };
+        let result = tokio::select! {
+            result = serving => result,
+            () = cut_off => {
+                tracing::warn!("shutdown deadline reached: requests still in flight were cut off");
+                Ok(())
+            }
+        };
+        let at = deadline
+            .borrow_and_update()
+            .unwrap_or_else(|| tokio::time::Instant::now() + timeout);
         if let Some(background) = background {
-            background.shutdown().await;
+            background.shutdown_by(at).await;
         }
-        self.app.db.close().await;
+        close_db(&self.app.db, at).await;
         result
     }
 }

@@ -195,6 +195,10 @@ fn an_unusable_value_is_refused_naming_its_variable() {
         ),
         ("DT_USERS_PURGE_BATCH", Box::new(|s| s.purge_batch = 0)),
         (
+            "DT_USERS_SHUTDOWN_TIMEOUT_SECS",
+            Box::new(|s| s.shutdown_timeout_secs = 0),
+        ),
+        (
             "DT_USERS_COMMAND_MAX_ATTEMPTS",
             Box::new(|s| s.command_max_attempts = 0),
         ),

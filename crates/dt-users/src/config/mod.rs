@@ -144,6 +144,8 @@ pub struct Settings {
     pub relay_interval_ms: u64,
     /// Run the relay and a worker inside `serve` (single-node deployments, the embedded default).
     pub run_background_in_serve: bool,
+    /// Seconds a role is given on SIGTERM to finish what it started before it exits anyway.
+    pub shutdown_timeout_secs: u64,
     /// `false` turns every rate limit off.
     pub rate_limit_enabled: bool,
     /// Sign-in attempts per client IP (`burst/requests/seconds`).
@@ -260,6 +262,7 @@ impl Default for Settings {
             purge_batch: 500,
             relay_interval_ms: 1_000,
             run_background_in_serve: true,
+            shutdown_timeout_secs: 25,
             rate_limit_enabled: true,
             rate_limit_login_ip: "10/1/1".into(),
             rate_limit_login_account: "10/90/3600".into(),

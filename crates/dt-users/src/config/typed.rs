@@ -54,6 +54,9 @@ pub struct Config {
     pub deletion: DeletionConfig,
     pub relay_interval: Duration,
     pub run_background_in_serve: bool,
+    /// How long a role may take to stop once asked (SIGTERM): what is still running then is
+    /// abandoned, to be picked up elsewhere.
+    pub shutdown_timeout: Duration,
     pub limits: LimitsConfig,
     pub hashing: HashingConfig,
     pub http: HttpConfig,
@@ -452,6 +455,10 @@ impl Settings {
             deletion,
             relay_interval: Duration::from_millis(s.relay_interval_ms.max(10)),
             run_background_in_serve: s.run_background_in_serve,
+            shutdown_timeout: at_least_one_second(
+                "shutdown_timeout_secs",
+                s.shutdown_timeout_secs,
+            )?,
             limits,
             hashing,
             http,

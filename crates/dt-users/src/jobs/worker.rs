@@ -1,5 +1,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -37,6 +38,24 @@ struct WorkerState {
     claim_lease_ms: i64,
     clock: Arc<dyn Clock>,
     run: RunConfig,
+    /// Attempts running now (a job waiting out its retry pause is not running).
+    attempts: AtomicUsize,
+}
+
+/// Counts one running attempt while it lives.
+struct Attempt<'a>(&'a AtomicUsize);
+
+impl<'a> Attempt<'a> {
+    fn start(running: &'a AtomicUsize) -> Self {
+        running.fetch_add(1, Ordering::SeqCst);
+        Self(running)
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// How jobs are run: attempts, their backoff and timeout, how many at once.
@@ -88,6 +107,7 @@ impl EmailWorker {
                     timeout: jobs.timeout,
                     concurrency: jobs.concurrency.get(),
                 },
+                attempts: AtomicUsize::new(0),
             }),
         }
     }
@@ -194,8 +214,27 @@ impl EmailWorker {
         }
     }
 
-    /// Runs the worker on `queue` until `shutdown` turns true; in-flight jobs finish first.
-    /// A queue that fails (Redis down) is reconnected after a pause.
+    /// Resolves once no attempt has run for `quiet` (checked every 100 ms): the jobs still held
+    /// are only waiting out their retry pauses.
+    async fn only_pauses_left(&self, quiet: Duration) {
+        let mut idle_since = None;
+        loop {
+            if self.state.attempts.load(Ordering::SeqCst) == 0 {
+                let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= quiet {
+                    return;
+                }
+            } else {
+                idle_since = None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs the worker on `queue` until `shutdown` turns true: it then takes no new job and lets
+    /// the attempts in flight finish. Jobs waiting out a retry pause are not waited for: they
+    /// stay in the queue under this worker, which re-queues them for another worker once this
+    /// one's heartbeat lapses. A queue that fails (Redis down) is reconnected after a pause.
     pub async fn run(self, queue: JobQueue, mut shutdown: watch::Receiver<bool>) {
         let RunConfig {
             max_attempts,
@@ -230,16 +269,33 @@ impl EmailWorker {
                         .await
                 };
             }
-            let result = match &queue {
-                JobQueue::Redis {
-                    client,
-                    config,
-                    connection,
-                } => match JobQueue::redis_storage(client, config, connection).await {
-                    Ok(storage) => run_on!(storage),
-                    Err(e) => Err(WorkerError::from(std::io::Error::other(e))),
-                },
-                JobQueue::Sqlite(storage) => run_on!(storage.clone()),
+            let work = async {
+                match &queue {
+                    JobQueue::Redis {
+                        client,
+                        config,
+                        connection,
+                    } => match JobQueue::redis_storage(client, config, connection).await {
+                        Ok(storage) => run_on!(storage),
+                        Err(e) => Err(WorkerError::from(std::io::Error::other(e))),
+                    },
+                    JobQueue::Sqlite(storage) => run_on!(storage.clone()),
+                }
+            };
+            let mut asked = shutdown.clone();
+            let stopped_in_pauses = async {
+                let _ = asked.wait_for(|stop| *stop).await;
+                self.only_pauses_left(Duration::from_secs(1)).await;
+            };
+            let result = tokio::select! {
+                result = work => result,
+                () = stopped_in_pauses => {
+                    tracing::info!(
+                        worker = self.name(),
+                        "stopping with jobs waiting out a retry pause; the queue hands them to another worker"
+                    );
+                    break;
+                }
             };
             if *shutdown.borrow() {
                 break;
@@ -271,6 +327,7 @@ fn retry_policy(
 }
 
 async fn send_email(job: SendEmailJob, worker: Data<EmailWorker>) -> Result<(), BoxDynError> {
+    let _attempt = Attempt::start(&worker.state.attempts);
     let payload = {
         let mut conn = worker.state.db.pool().acquire().await?;
         store::outbox_payload(&mut conn, job.intent_id).await?
