@@ -552,3 +552,58 @@ async fn sigterm_to_a_relay_in_the_middle_of_a_backlog_loses_no_event_and_publis
     }
     eprintln!("the first relay published {published_by_first} of {EVENTS} before it stopped");
 }
+
+#[tokio::test]
+async fn a_worker_stuck_in_a_send_exits_at_the_deadline_and_the_email_still_arrives() {
+    let sink = SmtpSink::start().await;
+    // The mail server takes a minute to accept the message.
+    std::fs::write(sink.dir.join("delay_ms"), "60000").unwrap();
+    let app = TestApp::spawn().await;
+    let env = with(
+        env_of(&app),
+        &[
+            ("DT_USERS_SMTP_URL", &sink.url()),
+            ("DT_USERS_SHUTDOWN_TIMEOUT_SECS", "3"),
+            ("DT_USERS_EMAIL_CLAIM_LEASE_MS", "2000"),
+            ("DT_USERS_JOB_BACKOFF_MS", "200"),
+        ],
+    );
+    let relay = dt_users::startup::Background::start(
+        &app.app,
+        app.config(),
+        dt_users::startup::Roles {
+            relay: true,
+            worker: false,
+            beat: false,
+            consume: false,
+        },
+    )
+    .await
+    .unwrap();
+    app.register("ada@example.com", "ada").await;
+    let mut first = Process::start(&["worker"], &env);
+    let started = Instant::now();
+    while !sink.dir.join("receiving").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{}",
+            first.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.terminate();
+    // The 3 s deadline, not the minute the send would take.
+    let status = first.exit_within(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}\n{}", first.log());
+    assert!(
+        first.log().contains("shutdown deadline reached"),
+        "{}",
+        first.log()
+    );
+
+    std::fs::remove_file(sink.dir.join("delay_ms")).unwrap();
+    let _second = Process::start(&["worker"], &env);
+    sink.wait_for_within("ada@example.com", "Welcome", Duration::from_secs(60))
+        .await;
+    relay.shutdown().await;
+}
