@@ -138,18 +138,7 @@ async fn a_worker_killed_while_sending_is_replaced_and_the_email_arrives_at_most
         s.jobs_namespace = ns;
     })
     .await;
-    let relay = dt_users::startup::Background::start(
-        &app.app,
-        app.config(),
-        dt_users::startup::Roles {
-            relay: true,
-            worker: false,
-            beat: false,
-            consume: false,
-        },
-    )
-    .await
-    .unwrap();
+    let relay = app.start_relay().await;
     let mut first = WorkerProcess::start(&app, &smtp, &namespace);
     app.register("ada@example.com", "ada").await;
 

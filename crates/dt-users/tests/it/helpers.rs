@@ -619,6 +619,23 @@ impl TestApp {
         &self.instance.config
     }
 
+    /// The outbox relay alone, in-process: it queues this app's emails for workers that run
+    /// elsewhere (separate processes).
+    pub async fn start_relay(&self) -> dt_users::startup::Background {
+        dt_users::startup::Background::start(
+            &self.app,
+            self.config(),
+            dt_users::startup::Roles {
+                relay: true,
+                worker: false,
+                beat: false,
+                consume: false,
+            },
+        )
+        .await
+        .unwrap()
+    }
+
     /// Beat, sweeping this app's database with its use-cases (and its mail files, if any).
     pub fn beat(&self, interval: std::time::Duration) -> dt_users::jobs::Beat<Arc<App>> {
         let config = self.config();

@@ -14,6 +14,7 @@ mod helpers;
 mod kafka;
 mod log_secrets;
 mod mail;
+mod process;
 
 mod auth_tokens;
 mod beat;

@@ -4,8 +4,6 @@
 //! email and no event, and sends none twice.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,86 +14,7 @@ use sqlx::Row;
 use crate::helpers::{PASSWORD, SIGNING_KEY, TestApp, mysql_server_url, redis_url};
 use crate::kafka::{Broker, read_until, with_kafka};
 use crate::mail::{SmtpSink, free_port};
-
-/// A `dt-users` process; killed on drop if it is still running. Its output goes to a file,
-/// shown when a test fails.
-pub struct Process {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    pub fn start(args: &[&str], env: &[(&str, String)]) -> Self {
-        let log = std::env::temp_dir().join(format!(
-            "dt-users-process-{}.log",
-            uuid::Uuid::new_v4().simple()
-        ));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_dt-users"))
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("DT_USERS_LOG_FORMAT", "pretty")
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Self { child, log }
-    }
-
-    /// What the process logged so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Sends SIGTERM, as an orchestrator does.
-    pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit, at most `limit`.
-    pub async fn exit_within(&mut self, limit: Duration) -> ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "still running {limit:?} after SIGTERM:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits until `url` answers 200.
-    pub async fn wait_until_live(&self, url: &str) {
-        let started = Instant::now();
-        while !reqwest::get(url)
-            .await
-            .is_ok_and(|r| r.status() == StatusCode::OK)
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "{url} never answered:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
+use crate::process::Process;
 
 /// The environment of a process on `app`'s database, Redis key prefix and job queue.
 fn env_of(app: &TestApp) -> Vec<(&'static str, String)> {
@@ -337,15 +256,11 @@ async fn serve_with_an_email_waiting_to_be_retried_stops_at_once_and_the_email_s
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Its first attempt fails at once (connection refused).
-    let started = Instant::now();
-    while !serve.log().contains("email not sent") {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{}",
-            serve.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    serve
+        .wait_for(Duration::from_secs(20), || {
+            serve.log().contains("email not sent")
+        })
+        .await;
 
     serve.terminate();
     // Well inside the 60 s deadline: the job's pause is not waited out.
@@ -378,32 +293,15 @@ async fn sigterm_to_a_worker_in_the_middle_of_a_backlog_loses_no_email_and_sends
         ],
     );
     // The relay runs in-process and queues the emails; the workers are processes.
-    let relay = dt_users::startup::Background::start(
-        &app.app,
-        app.config(),
-        dt_users::startup::Roles {
-            relay: true,
-            worker: false,
-            beat: false,
-            consume: false,
-        },
-    )
-    .await
-    .unwrap();
+    let relay = app.start_relay().await;
     for i in 0..USERS {
         app.register(&format!("user{i}@example.com"), &format!("user{i}"))
             .await;
     }
     let mut first = Process::start(&["worker"], &env);
-    let started = Instant::now();
-    while sink.messages().len() < 8 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{}",
-            first.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    first
+        .wait_for(Duration::from_secs(30), || sink.messages().len() >= 8)
+        .await;
     first.terminate();
     let status = first.exit_within(Duration::from_secs(20)).await;
     assert!(status.success(), "{status}\n{}", first.log());
@@ -568,29 +466,14 @@ async fn a_worker_stuck_in_a_send_exits_at_the_deadline_and_the_email_still_arri
             ("DT_USERS_JOB_BACKOFF_MS", "200"),
         ],
     );
-    let relay = dt_users::startup::Background::start(
-        &app.app,
-        app.config(),
-        dt_users::startup::Roles {
-            relay: true,
-            worker: false,
-            beat: false,
-            consume: false,
-        },
-    )
-    .await
-    .unwrap();
+    let relay = app.start_relay().await;
     app.register("ada@example.com", "ada").await;
     let mut first = Process::start(&["worker"], &env);
-    let started = Instant::now();
-    while !sink.dir.join("receiving").exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{}",
-            first.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    first
+        .wait_for(Duration::from_secs(30), || {
+            sink.dir.join("receiving").exists()
+        })
+        .await;
     first.terminate();
     // The 3 s deadline, not the minute the send would take.
     let status = first.exit_within(Duration::from_secs(10)).await;
