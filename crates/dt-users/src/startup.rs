@@ -10,7 +10,7 @@ use dt_users_store::{Db, MigrationState};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{Config, ConfigError, Settings};
+use crate::config::{Config, ConfigError, RedisServers, Settings};
 use crate::email::Mailer;
 use crate::events::{CommandConsumer, CommandHandler, EventRelay, HandlingError, KafkaProbe};
 use crate::health::Readiness;
@@ -100,8 +100,11 @@ pub async fn build_app(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<App
     );
     let sessions = match &config.redis {
         Some(redis) => SessionStore::Redis(
-            RedisSessions::new(&redis.url, &redis.key_prefix)
-                .map_err(|e| ConfigError::new("redis_url", e.to_string()))?,
+            match &redis.servers {
+                RedisServers::Server(url) => RedisSessions::new(url, &redis.key_prefix),
+                RedisServers::Cluster(seeds) => RedisSessions::cluster(seeds, &redis.key_prefix),
+            }
+            .map_err(|e| ConfigError::new("redis_url", e.to_string()))?,
         ),
         None => SessionStore::Memory(MemorySessions::default()),
     };

@@ -158,6 +158,40 @@ fn an_unusable_value_is_refused_naming_its_variable() {
             Box::new(|s| s.redis_url = Some("http://127.0.0.1:6379".into())),
         ),
         (
+            "DT_USERS_REDIS_URL",
+            Box::new(|s| s.redis_url = Some("redis://10.0.0.1:6379,redis://10.0.0.2:6379".into())),
+        ),
+        (
+            "DT_USERS_REDIS_URL",
+            Box::new(|s| {
+                s.redis_cluster = true;
+                s.redis_url = Some("redis://10.0.0.1:6379,unix:///run/redis.sock".into());
+            }),
+        ),
+        (
+            "DT_USERS_REDIS_URL",
+            Box::new(|s| {
+                s.redis_cluster = true;
+                s.redis_url = Some("redis://10.0.0.1:6379/2".into());
+            }),
+        ),
+        (
+            "DT_USERS_REDIS_CLUSTER",
+            Box::new(|s| s.redis_cluster = true),
+        ),
+        (
+            "DT_USERS_REDIS_KEY_PREFIX",
+            Box::new(|s| {
+                s.redis_cluster = true;
+                s.redis_url = Some("redis://10.0.0.1:6379".into());
+                s.redis_key_prefix = "{dt-users}".into();
+            }),
+        ),
+        (
+            "DT_USERS_JOBS_URL",
+            Box::new(|s| s.jobs_url = Some("redis://10.0.0.1:6379, redis://10.0.0.2:6379".into())),
+        ),
+        (
             "DT_USERS_SMTP_URL",
             Box::new(|s| s.smtp_url = Some("imap://mail.example".into())),
         ),
@@ -296,4 +330,55 @@ fn values_are_typed_and_grouped() {
     assert!(config.database.embedded);
     assert!(config.database.url.starts_with("sqlite://"));
     assert!(config.kafka.is_none());
+}
+
+#[test]
+fn redis_is_one_server_or_the_seed_nodes_of_a_cluster() {
+    let servers = |cluster: bool, url: &str| {
+        Settings {
+            redis_url: Some(url.into()),
+            redis_cluster: cluster,
+            ..Settings::default()
+        }
+        .validate()
+        .unwrap()
+        .redis
+        .unwrap()
+        .servers
+    };
+    assert_eq!(
+        servers(false, " redis://:pa,ss@10.0.0.1:6379 "),
+        RedisServers::Server("redis://:pa,ss@10.0.0.1:6379".into())
+    );
+    assert_eq!(
+        servers(
+            true,
+            "redis://:pa,ss@10.0.0.1:7000, rediss://10.0.0.2:7000,redis://10.0.0.3:7000,"
+        ),
+        RedisServers::Cluster(vec![
+            "redis://:pa,ss@10.0.0.1:7000".into(),
+            "rediss://10.0.0.2:7000".into(),
+            "redis://10.0.0.3:7000".into(),
+        ])
+    );
+    assert_eq!(
+        servers(true, "redis://10.0.0.1:7000/0"),
+        RedisServers::Cluster(vec!["redis://10.0.0.1:7000/0".into()])
+    );
+    let unset = Settings::default().validate().unwrap();
+    assert!(unset.redis.is_none());
+}
+
+#[test]
+fn a_list_of_redis_urls_is_refused_without_repeating_them() {
+    let error = Settings {
+        redis_url: Some("redis://:hunter2@10.0.0.1:6379,redis://:hunter2@10.0.0.2:6379".into()),
+        ..Settings::default()
+    }
+    .validate()
+    .map(|_| ())
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("DT_USERS_REDIS_CLUSTER"), "{error}");
+    assert!(!error.contains("hunter2"), "{error}");
 }

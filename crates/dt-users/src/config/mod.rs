@@ -8,7 +8,7 @@ mod typed;
 pub use typed::{
     CommandsConfig, Config, ConfigError, DatabaseConfig, DeletionConfig, EmailConfig,
     HashingConfig, HttpConfig, JobsConfig, KafkaSettings, LimitsConfig, LogFormat, RedisConfig,
-    TokenConfig,
+    RedisServers, TokenConfig,
 };
 
 use std::path::PathBuf;
@@ -31,8 +31,11 @@ pub struct Settings {
     /// Seconds a statement waits for a row lock (MySQL's `innodb_lock_wait_timeout`) or for
     /// SQLite's write lock before it gives up; the request is then retried once or answered 503.
     pub database_lock_timeout: u64,
-    /// Sessions live in Redis when set, in process memory otherwise.
+    /// Sessions live in Redis when set, in process memory otherwise. With `redis_cluster`, a
+    /// comma-separated list of seed nodes of a Redis Cluster.
     pub redis_url: Option<String>,
+    /// `redis_url` names the nodes of a Redis Cluster rather than one server.
+    pub redis_cluster: bool,
     /// Prefix of every Redis key, so several deployments (or test runs) can share one Redis.
     pub redis_key_prefix: String,
     /// Base of links in emails, and the default token issuer.
@@ -69,7 +72,8 @@ pub struct Settings {
     /// derived from the signing keys.
     #[serde(skip_serializing)]
     pub email_token_secrets: Option<SecretString>,
-    /// The job queue (a Redis URL); unset: a SQLite file under `data_dir`.
+    /// The job queue (the URL of one Redis server, not a cluster); unset: a SQLite file under
+    /// `data_dir`.
     pub jobs_url: Option<String>,
     /// Prefix (namespace) of the job queue's Redis keys.
     pub jobs_namespace: String,
@@ -211,6 +215,7 @@ impl Default for Settings {
             database_max_connections: 20,
             database_lock_timeout: 5,
             redis_url: None,
+            redis_cluster: false,
             redis_key_prefix: "dt-users".into(),
             public_url: "http://localhost:8000".into(),
             data_dir: PathBuf::from("./var"),

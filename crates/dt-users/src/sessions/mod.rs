@@ -1,5 +1,5 @@
-//! Sessions and their refresh tokens: in Redis (shared by every instance) or in process memory
-//! (the embedded default). Both implement the same operations with the same semantics, and
+//! Sessions and their refresh tokens: in Redis, one server or a Redis Cluster (shared by every
+//! instance), or in process memory (the embedded default). Both implement the same operations with the same semantics, and
 //! every operation that decides something is one atomic step.
 //!
 //! A session's state is O(1) however often it is refreshed: it keeps the hash of its family
@@ -12,12 +12,14 @@
 //! if the epoch is still the same: no sign-in in flight outlives a revocation.
 
 mod memory;
+mod redis_connection;
 mod redis_store;
 
 use dt_users_domain::Timestamp;
 use uuid::Uuid;
 
 pub use memory::MemorySessions;
+pub(crate) use redis_connection::LuaScript;
 pub use redis_store::RedisSessions;
 
 /// A session as listed to its owner.

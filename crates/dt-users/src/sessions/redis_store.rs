@@ -1,16 +1,16 @@
-//! Sessions in Redis. Every key of one user carries the hash tag `{user id}`, so all of a
-//! user's keys live in one slot and each Lua script below touches one slot only. A user has
-//! a set of session ids, one hash per session and a revocation epoch; nothing per token.
+//! Sessions in Redis, one server or a Redis Cluster. Every key of one user carries the hash
+//! tag `{user id}`, so all of a user's keys live in one slot: each Lua script below is given
+//! keys of one user only, and builds no key of another (`REVOKE_ALL` and `LIST` reach the
+//! session hashes they find through the user's prefix, in the same slot). The deferred-events
+//! list is one key of its own, touched by single-key commands. A user has a set of session
+//! ids, one hash per session and a revocation epoch; nothing per token.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use dt_users_domain::Timestamp;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
-use tokio::sync::OnceCell;
 use uuid::Uuid;
 
+use super::redis_connection::{LuaScript, RedisConnection, RedisEndpoint};
 use super::{Epoch, PresentedRefresh, RefreshSecrets, Rotation, Session, SessionStoreError};
 
 /// A revocation epoch matters only to sign-ins in flight; it lives a day past its last raise
@@ -101,20 +101,19 @@ return out
 
 #[derive(Debug)]
 struct Scripts {
-    create: Script,
-    check: Script,
-    owns: Script,
-    rotate: Script,
-    revoke: Script,
-    revoke_all: Script,
-    list: Script,
+    create: LuaScript,
+    check: LuaScript,
+    owns: LuaScript,
+    rotate: LuaScript,
+    revoke: LuaScript,
+    revoke_all: LuaScript,
+    list: LuaScript,
 }
 
 /// Sessions shared by every instance through Redis.
 #[derive(Clone)]
 pub struct RedisSessions {
-    client: Client,
-    connection: Arc<OnceCell<ConnectionManager>>,
+    redis: RedisEndpoint,
     prefix: String,
     scripts: Arc<Scripts>,
 }
@@ -136,42 +135,48 @@ fn ms(t: Timestamp) -> String {
 }
 
 impl RedisSessions {
-    /// Checks the URL now; connects on first use, so Redis being down at start-up makes
-    /// authenticated requests answer 503 until it is back instead of stopping the service.
+    /// Sessions on the Redis server at `url`. Checks the URL now; connects on first use, so
+    /// Redis being down at start-up makes authenticated requests answer 503 until it is back
+    /// instead of stopping the service.
     pub fn new(url: &str, prefix: &str) -> Result<Self, SessionStoreError> {
-        let client = Client::open(url).map_err(unavailable)?;
-        Ok(Self {
-            client,
-            connection: Arc::new(OnceCell::new()),
+        Ok(Self::on(
+            RedisEndpoint::server(url).map_err(unavailable)?,
+            prefix,
+        ))
+    }
+
+    /// Sessions on the Redis Cluster that any of `seeds` belongs to; connected on first use,
+    /// as [`RedisSessions::new`].
+    pub fn cluster(seeds: &[String], prefix: &str) -> Result<Self, SessionStoreError> {
+        Ok(Self::on(
+            RedisEndpoint::cluster(seeds).map_err(unavailable)?,
+            prefix,
+        ))
+    }
+
+    fn on(redis: RedisEndpoint, prefix: &str) -> Self {
+        Self {
+            redis,
             prefix: prefix.to_owned(),
             scripts: Arc::new(Scripts {
-                create: Script::new(CREATE),
-                check: Script::new(CHECK),
-                owns: Script::new(OWNS),
-                rotate: Script::new(ROTATE),
-                revoke: Script::new(REVOKE),
-                revoke_all: Script::new(REVOKE_ALL),
-                list: Script::new(LIST),
+                create: LuaScript::new(CREATE),
+                check: LuaScript::new(CHECK),
+                owns: LuaScript::new(OWNS),
+                rotate: LuaScript::new(ROTATE),
+                revoke: LuaScript::new(REVOKE),
+                revoke_all: LuaScript::new(REVOKE_ALL),
+                list: LuaScript::new(LIST),
             }),
-        })
+        }
     }
 
     /// The shared connection, for other atomic steps on the same Redis (the rate limiter).
-    pub(crate) async fn connection(&self) -> Result<ConnectionManager, SessionStoreError> {
+    pub(crate) async fn connection(&self) -> Result<RedisConnection, SessionStoreError> {
         self.conn().await
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, SessionStoreError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        self.connection
-            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
-            .await
-            .cloned()
-            .map_err(unavailable)
+    async fn conn(&self) -> Result<RedisConnection, SessionStoreError> {
+        self.redis.connection().await.map_err(unavailable)
     }
 
     /// `{prefix}:{user id}`: the hash tag that keeps one user's keys in one slot.
@@ -423,11 +428,6 @@ impl RedisSessions {
     }
 
     pub async fn ping(&self) -> Result<(), SessionStoreError> {
-        let mut conn = self.conn().await?;
-        let _: String = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        self.conn().await?.ping().await.map_err(unavailable)
     }
 }

@@ -37,6 +37,7 @@ mod logout_sessions;
 mod meta;
 mod profile;
 mod rate_limits;
+mod redis_cluster;
 mod refresh;
 mod register_login;
 mod relay_lease;

@@ -2,13 +2,13 @@
 //! instance, each decision one Lua script — or in process memory for the embedded default
 //! (see [`MemoryLimits`]).
 //! When Redis cannot be reached the limiter fails closed: the request is answered 503.
+//! Each step touches one key, so it runs on a Redis Cluster as on one server.
 
 use std::sync::{Arc, Mutex};
 
 use dt_users_domain::Timestamp;
-use redis::Script;
 
-use crate::sessions::SessionStoreError;
+use crate::sessions::{LuaScript, SessionStoreError};
 
 mod memory;
 mod quota;
@@ -73,12 +73,20 @@ pub struct Slot {
     id: String,
 }
 
+/// The limiter's steps in Redis.
+#[derive(Debug)]
+pub struct LimiterScripts {
+    gcra: LuaScript,
+    refund: LuaScript,
+    acquire_slot: LuaScript,
+}
+
 #[derive(Clone)]
 pub enum RateLimiter {
     Redis {
         sessions: Box<crate::sessions::RedisSessions>,
         prefix: String,
-        scripts: Arc<[Script; 3]>,
+        scripts: Arc<LimiterScripts>,
     },
     Memory(Arc<Mutex<MemoryLimits>>),
     Disabled,
@@ -99,11 +107,11 @@ impl RateLimiter {
         Self::Redis {
             sessions: Box::new(sessions),
             prefix: format!("{prefix}:rl"),
-            scripts: Arc::new([
-                Script::new(GCRA),
-                Script::new(REFUND),
-                Script::new(ACQUIRE_SLOT),
-            ]),
+            scripts: Arc::new(LimiterScripts {
+                gcra: LuaScript::new(GCRA),
+                refund: LuaScript::new(REFUND),
+                acquire_slot: LuaScript::new(ACQUIRE_SLOT),
+            }),
         }
     }
 
@@ -136,8 +144,8 @@ impl RateLimiter {
                 scripts,
             } => {
                 let mut conn = sessions.connection().await?;
-                let [_, refund, _] = scripts.as_ref();
-                let _: i64 = refund
+                let _: i64 = scripts
+                    .refund
                     .key(format!("{prefix}:{key}"))
                     .arg(now.as_millis())
                     .arg(quota.emission_ms())
@@ -179,8 +187,8 @@ impl RateLimiter {
                 scripts,
             } => {
                 let mut conn = sessions.connection().await?;
-                let [_, _, acquire] = scripts.as_ref();
-                let taken: i64 = acquire
+                let taken: i64 = scripts
+                    .acquire_slot
                     .key(format!("{prefix}:{key}"))
                     .arg(now.as_millis())
                     .arg(max)
@@ -241,8 +249,8 @@ impl RateLimiter {
                 scripts,
             } => {
                 let mut conn = sessions.connection().await?;
-                let [gcra, _, _] = scripts.as_ref();
-                let reply: Vec<i64> = gcra
+                let reply: Vec<i64> = scripts
+                    .gcra
                     .key(format!("{prefix}:{key}"))
                     .arg(now.as_millis())
                     .arg(quota.emission_ms())
