@@ -40,6 +40,7 @@ mod refresh;
 mod register_login;
 mod relay_lease;
 mod schemathesis;
+mod topology;
 mod ugly_input;
 
 // Rotation of emailed-token secrets, sign-outs without the database, personal data.
