@@ -117,7 +117,7 @@ pub async fn eventually<T>(
     }
 }
 
-/// The first email to [`EMAIL`] whose subject contains `subject`, from the `nth` on (1-based).
+/// The `nth` (1-based) email to [`EMAIL`] whose subject contains `subject`, once it has come.
 pub async fn email(sink: &SmtpSink, subject: &str, nth: usize) -> Value {
     eventually(
         &format!("email #{nth} to {EMAIL} about {subject:?} over SMTP"),
