@@ -43,6 +43,7 @@ mod register_login;
 mod relay_lease;
 mod schemathesis;
 mod shutdown;
+mod topology;
 mod ugly_input;
 
 // Rotation of emailed-token secrets, sign-outs without the database, personal data.
