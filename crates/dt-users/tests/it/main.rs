@@ -48,5 +48,6 @@ mod ugly_input;
 
 // Rotation of emailed-token secrets, sign-outs without the database, personal data.
 mod email_token_rotation;
+mod image;
 mod privacy;
 mod sign_out_offline;
