@@ -657,12 +657,10 @@ impl TestApp {
     }
 }
 
-/// Every Redis key matching `pattern` with everything stored under it, whatever its type
-/// (string, hash, list, set, sorted set, stream), as text.
-pub async fn redis_contents(pattern: &str) -> Vec<(String, Vec<String>)> {
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let mut keys: Vec<String> = Vec::new();
+/// The keys matching `pattern` on the server of `conn` (SCAN, so a big key space is read in
+/// steps; a key may come twice).
+pub async fn scan_keys(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
+    let mut keys = Vec::new();
     let mut cursor: u64 = 0;
     loop {
         let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -671,15 +669,23 @@ pub async fn redis_contents(pattern: &str) -> Vec<(String, Vec<String>)> {
             .arg(pattern)
             .arg("COUNT")
             .arg(1000)
-            .query_async(&mut conn)
+            .query_async(conn)
             .await
             .unwrap();
         keys.extend(batch);
         if next == 0 {
-            break;
+            return keys;
         }
         cursor = next;
     }
+}
+
+/// Every Redis key matching `pattern` with everything stored under it, whatever its type
+/// (string, hash, list, set, sorted set, stream), as text.
+pub async fn redis_contents(pattern: &str) -> Vec<(String, Vec<String>)> {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys = scan_keys(&mut conn, pattern).await;
     keys.sort();
     keys.dedup();
     let mut contents = Vec::new();

@@ -4,13 +4,14 @@
 //! `HEALTHCHECK` with `dt-users-probe`, `ENTRYPOINT` `dt-users`, `CMD` `serve` — then runs it.
 
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::PASSWORD;
 use crate::mail::free_port;
+use crate::process::answers_within;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/scratch-image");
 
@@ -131,17 +132,10 @@ async fn the_image_runs_the_service_as_an_unprivileged_user_and_its_health_probe
             .unwrap(),
     );
     let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while !reqwest::get(format!("{base}/health/live"))
-        .await
-        .is_ok_and(|r| r.status() == StatusCode::OK)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the image's service never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        answers_within(&format!("{base}/health/live"), Duration::from_secs(60)).await,
+        "the image's service never answered"
+    );
 
     // The image's health probe passes against it, and fails where nothing answers.
     let probe = |port: &str| {

@@ -73,19 +73,27 @@ impl Process {
 
     /// Waits until `url` answers 200.
     pub async fn wait_until_live(&self, url: &str) {
-        let started = Instant::now();
-        while !reqwest::get(url)
-            .await
-            .is_ok_and(|r| r.status() == StatusCode::OK)
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "{url} never answered:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        assert!(
+            answers_within(url, Duration::from_secs(30)).await,
+            "{url} never answered:\n{}",
+            self.log()
+        );
     }
+}
+
+/// Whether `url` answers 200 within `limit` (asked every 50 ms).
+pub async fn answers_within(url: &str, limit: Duration) -> bool {
+    let started = Instant::now();
+    while !reqwest::get(url)
+        .await
+        .is_ok_and(|r| r.status() == StatusCode::OK)
+    {
+        if started.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
 }
 
 impl Drop for Process {

@@ -172,24 +172,10 @@ impl RedisCluster {
     pub async fn keys_on(&self, port: u16, pattern: &str) -> usize {
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let mut cursor: u64 = 0;
-        let mut count = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            count += batch.len();
-            if next == 0 {
-                return count;
-            }
-            cursor = next;
-        }
+        let mut keys = crate::helpers::scan_keys(&mut conn, pattern).await;
+        keys.sort();
+        keys.dedup();
+        keys.len()
     }
 
     /// Waits until the replica on `replica` holds every write its primary on `primary` has
