@@ -3,6 +3,7 @@
 //! [`Config`] the service runs on. A value that cannot be used stops the process with a
 //! message naming its variable.
 
+mod redis;
 mod typed;
 
 pub use typed::{

@@ -149,11 +149,14 @@ async fn the_image_runs_the_service_as_an_unprivileged_user_and_its_health_probe
             port,
             "/health/live",
         ])
-        .status
-        .success()
     };
-    assert!(probe(&port));
-    assert!(!probe(&free_port().to_string()));
+    let healthy = probe(&port);
+    assert!(
+        healthy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&healthy.stderr)
+    );
+    assert!(!probe(&free_port().to_string()).status.success());
 
     // It works, writing its SQLite file as the unprivileged user.
     let registered = reqwest::Client::new()
