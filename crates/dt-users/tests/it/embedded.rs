@@ -8,6 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::PASSWORD;
+use crate::process::register_ada;
 
 struct Server(Child);
 
@@ -76,13 +77,7 @@ async fn the_binary_runs_with_no_configuration_and_keeps_its_data() {
         .unwrap();
     assert_eq!(ready["checks"]["database"]["backend"], "sqlite");
     assert_eq!(ready["checks"]["sessions"]["backend"], "memory");
-    let registered = client
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(&json!({"email": "ada@example.com", "username": "ada", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status(), StatusCode::CREATED);
+    assert_eq!(register_ada(&base).await, StatusCode::CREATED);
     let login = |client: reqwest::Client| {
         let base = base.clone();
         async move {

@@ -7,11 +7,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::json;
 
-use crate::helpers::PASSWORD;
 use crate::mail::free_port;
 use crate::process::answers_within;
+use crate::process::register_ada;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/scratch-image");
 
@@ -159,11 +158,5 @@ async fn the_image_runs_the_service_as_an_unprivileged_user_and_its_health_probe
     assert!(!probe(&free_port().to_string()).status.success());
 
     // It works, writing its SQLite file as the unprivileged user.
-    let registered = reqwest::Client::new()
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(&json!({"email": "ada@example.com", "username": "ada", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status(), StatusCode::CREATED);
+    assert_eq!(register_ada(&base).await, StatusCode::CREATED);
 }

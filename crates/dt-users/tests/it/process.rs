@@ -103,3 +103,18 @@ impl Drop for Process {
         let _ = std::fs::remove_file(&self.log);
     }
 }
+
+/// Registers ada@example.com (with the test password) with the service at `base`.
+pub async fn register_ada(base: &str) -> StatusCode {
+    reqwest::Client::new()
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&serde_json::json!({
+            "email": "ada@example.com",
+            "username": "ada",
+            "password": crate::helpers::PASSWORD,
+        }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}

@@ -15,6 +15,7 @@ use crate::helpers::{PASSWORD, SIGNING_KEY, TestApp, mysql_server_url, redis_url
 use crate::kafka::{Broker, read_until, with_kafka};
 use crate::mail::{SmtpSink, free_port};
 use crate::process::Process;
+use crate::process::register_ada;
 
 /// The environment of a process on `app`'s database, Redis key prefix and job queue.
 fn env_of(app: &TestApp) -> Vec<(&'static str, String)> {
@@ -239,13 +240,7 @@ async fn serve_with_an_email_waiting_to_be_retried_stops_at_once_and_the_email_s
     );
     let mut serve = Process::start(&["serve", "--port", &port.to_string()], &env);
     serve.wait_until_live(&format!("{base}/health/live")).await;
-    let registered = reqwest::Client::new()
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(&json!({"email": "ada@example.com", "username": "ada", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status(), StatusCode::CREATED);
+    assert_eq!(register_ada(&base).await, StatusCode::CREATED);
     let started = Instant::now();
     while dispatched(&app, "email").await == 0 {
         assert!(
