@@ -37,6 +37,7 @@ export DT_USERS_JOBS_URL="redis://127.0.0.1:6379"
 export DT_USERS_JOBS_NAMESPACE="$NS"
 export DT_USERS_SMTP_URL="smtp://127.0.0.1:$SMTP_PORT"
 export DT_USERS_SIGNING_KEYS_FILE="$KEYFILE"
+export DT_USERS_MFA_ENCRYPTION_KEY="$(openssl rand -base64 32)"
 export RUST_LOG=warn
 "$BIN" migrate
 

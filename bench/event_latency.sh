@@ -38,6 +38,7 @@ export DT_USERS_REDIS_KEY_PREFIX="dtu-bench-events"
 export DT_USERS_JOBS_URL="redis://127.0.0.1:6379"
 export DT_USERS_JOBS_NAMESPACE="dtu-bench-events:jobs"
 export DT_USERS_SIGNING_KEYS_FILE="$KEYFILE"
+export DT_USERS_MFA_ENCRYPTION_KEY="$(openssl rand -base64 32)"
 export DT_USERS_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$KPORT"
 export DT_USERS_KAFKA_IDEMPOTENCE=false
 export RUST_LOG=warn

@@ -28,6 +28,7 @@ export DT_USERS_DATABASE_URL="mysql://root@127.0.0.1:3306/$DB"
 export DT_USERS_REDIS_URL="redis://127.0.0.1:6379"
 export DT_USERS_REDIS_KEY_PREFIX="dtu-bench-ready"
 export DT_USERS_SIGNING_KEYS_FILE="$KEYFILE"
+export DT_USERS_MFA_ENCRYPTION_KEY="$(openssl rand -base64 32)"
 export DT_USERS_HEALTH_TOKEN="$TOKEN"
 export DT_USERS_RUN_BACKGROUND_IN_SERVE=false
 export RUST_LOG=warn

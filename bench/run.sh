@@ -76,6 +76,7 @@ trap cleanup EXIT
 openssl genpkey -algorithm ed25519 -out "$WORK/key.pem" 2>/dev/null
 openssl pkey -in "$WORK/key.pem" -pubout -out "$WORK/public.pem"
 export DT_USERS_SIGNING_KEYS_FILE="$WORK/key.pem"
+export DT_USERS_MFA_ENCRYPTION_KEY="$(openssl rand -base64 32)"
 # The limiter stays on (its Redis or in-process step is part of every request) but never
 # refuses: the load comes from one address.
 for limit in LOGIN_IP LOGIN_IP_ACCOUNT LOGIN_ACCOUNT REGISTER_IP EMAIL_TARGET EMAIL_IP REFRESH GLOBAL_IP; do

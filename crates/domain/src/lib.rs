@@ -5,6 +5,7 @@
 //! contracts with the other Dev Talk services live here too: the events dt-users publishes
 //! and the commands it accepts.
 
+mod auth_methods;
 mod clock;
 mod commands;
 mod events;
@@ -14,6 +15,7 @@ mod profile;
 mod time_fmt;
 mod user;
 
+pub use auth_methods::AuthMethods;
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use commands::{Command, CommandEnvelope, CommandOutcome};
 pub use events::{

@@ -55,6 +55,9 @@ pub struct User {
     pub deleted_at: Option<Timestamp>,
     /// When a deleted account is erased; it can be restored until then.
     pub purge_after: Option<Timestamp>,
+    /// A second factor is confirmed: a correct password alone does not sign in. Derived from
+    /// the second-factor tables, never written through `update_user`.
+    pub mfa_enabled: bool,
 }
 
 /// Why an account refuses a change of state.
@@ -203,6 +206,7 @@ pub(crate) mod tests {
             updated_at: NOW,
             deleted_at: None,
             purge_after: None,
+            mfa_enabled: false,
         }
     }
 

@@ -28,7 +28,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use criterion::{Criterion, SamplingMode};
-use dt_users::domain::{Clock, SystemClock, Timestamp};
+use dt_users::domain::{AuthMethods, Clock, SystemClock, Timestamp};
 use dt_users::security::access_token::{AccessTokens, TokenSubject};
 use dt_users::security::keys::{SigningKeys, generate_pem};
 use dt_users::security::password_hasher::{PasswordHasherPool, Verified};
@@ -158,7 +158,7 @@ fn access_token(c: &mut Criterion) -> BenchResult {
         session_id: Uuid::now_v7(),
     };
     let now = SystemClock.now();
-    let token = tokens.issue(subject, now)?;
+    let token = tokens.issue(subject, AuthMethods::PASSWORD, now)?;
     if tokens.verify(&token, now) != Ok(subject) {
         return Err("a freshly issued access token does not verify".into());
     }
@@ -167,7 +167,7 @@ fn access_token(c: &mut Criterion) -> BenchResult {
     group.bench_function("sign", |b| {
         b.iter(|| {
             tokens
-                .issue(black_box(subject), black_box(now))
+                .issue(black_box(subject), AuthMethods::PASSWORD, black_box(now))
                 .expect("sign")
         });
     });
@@ -273,6 +273,7 @@ fn session(c: &mut Criterion, rt: &Runtime, redis: Option<&BenchRedis>) -> Bench
         expires_at: now.plus_secs(86_400),
         user_agent: Some("criterion".into()),
         ip: Some("203.0.113.7".into()),
+        methods: AuthMethods::PASSWORD,
     };
     let secrets = RefreshSecrets {
         family_hash: "family".into(),

@@ -8,6 +8,7 @@ mod coordination;
 mod db;
 mod email_tokens;
 mod error;
+mod mfa;
 mod migrations;
 mod outbox;
 mod users;
@@ -23,6 +24,12 @@ pub use email_tokens::{
     revoke_email_tokens_except, revoke_email_tokens_sent_to, use_email_token,
 };
 pub use error::{Conflict, StoreError};
+pub use mfa::{
+    MfaChallenge, TotpRecord, accept_totp_step, confirm_totp, delete_recovery_codes,
+    delete_stale_mfa_challenges, delete_totp, erase_mfa, insert_mfa_challenge, live_mfa_challenge,
+    put_pending_totp, recovery_codes_left, replace_recovery_codes, totp_of, use_mfa_challenge,
+    use_recovery_code,
+};
 pub use migrations::MigrationState;
 pub use outbox::{
     EmailRecord, NewOutboxRow, OutboxKind, OutboxRow, backlog, delete_dispatched, emails_of,

@@ -39,6 +39,11 @@ const MYSQL: Embedded = &[
         "exact command ids",
         include_str!("../migrations/mysql/0006_exact_command_ids.sql"),
     ),
+    (
+        7,
+        "two-factor",
+        include_str!("../migrations/mysql/0007_two_factor.sql"),
+    ),
 ];
 
 const SQLITE: Embedded = &[
@@ -71,6 +76,11 @@ const SQLITE: Embedded = &[
         6,
         "exact command ids",
         include_str!("../migrations/sqlite/0006_exact_command_ids.sql"),
+    ),
+    (
+        7,
+        "two-factor",
+        include_str!("../migrations/sqlite/0007_two_factor.sql"),
     ),
 ];
 

@@ -5,8 +5,12 @@ use uuid::Uuid;
 
 use crate::StoreError;
 
+/// `second_factors` is derived, not a column: an account has a second factor exactly when a
+/// confirmed authenticator row exists, so the flag cannot drift from the rows that decide it.
 const COLUMNS: &str = "id, email, email_verified, pending_email, username, display_name, bio, \
-     avatar_url, password_hash, status, banned, created_at, updated_at, deleted_at, purge_after";
+     avatar_url, password_hash, status, banned, created_at, updated_at, deleted_at, purge_after, \
+     (SELECT COUNT(*) FROM mfa_totp t WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL) \
+     AS second_factors";
 
 const INSERT: &str = "INSERT INTO users (id, email, email_lower, email_verified, pending_email, \
      username, username_lower, display_name, bio, avatar_url, password_hash, status, banned, \
@@ -27,6 +31,7 @@ fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
     let status: String = row.try_get("status")?;
     let verified: i64 = row.try_get("email_verified")?;
     let banned: i64 = row.try_get("banned")?;
+    let second_factors: i64 = row.try_get("second_factors")?;
     Ok(User {
         id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(format!("user id {id}: {e}")))?,
         email: Email::from_trusted(row.try_get("email")?),
@@ -50,6 +55,7 @@ fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
         purge_after: row
             .try_get::<Option<i64>, _>("purge_after")?
             .map(Timestamp::from_millis),
+        mfa_enabled: second_factors > 0,
     })
 }
 
@@ -203,10 +209,12 @@ pub async fn due_for_purge(
         .collect()
 }
 
-/// Erases an account's row and every row that holds its personal data: its email tokens and
-/// all its outbox rows — email intents, and events, which may hold its public profile (an
-/// event not yet published is superseded by the `purged` event the caller records next).
+/// Erases an account's row and every row that holds its personal data: its email tokens, its
+/// second factors (authenticator, recovery codes, sign-in challenges), and all its outbox
+/// rows — email intents, and events, which may hold its public profile (an event not yet
+/// published is superseded by the `purged` event the caller records next).
 pub async fn erase_user(conn: &mut AnyConnection, id: Uuid) -> Result<(), StoreError> {
+    crate::mfa::erase_mfa(&mut *conn, id).await?;
     let id = id.to_string();
     sqlx::query("DELETE FROM email_tokens WHERE user_id = ?")
         .bind(id.clone())

@@ -8,8 +8,8 @@ mod typed;
 
 pub use typed::{
     CommandsConfig, Config, ConfigError, DatabaseConfig, DeletionConfig, EmailConfig,
-    HashingConfig, HttpConfig, JobsConfig, KafkaSettings, LimitsConfig, LogFormat, RedisConfig,
-    RedisServers, TokenConfig,
+    HashingConfig, HttpConfig, JobsConfig, KafkaSettings, LimitsConfig, LogFormat, MfaConfig,
+    RedisConfig, RedisServers, TokenConfig,
 };
 
 use std::path::PathBuf;
@@ -73,6 +73,13 @@ pub struct Settings {
     /// derived from the signing keys.
     #[serde(skip_serializing)]
     pub email_token_secrets: Option<SecretString>,
+    /// Comma-separated keys (32 random bytes, base64) that seal TOTP secrets at rest: the first
+    /// seals, every one opens. Unset: the embedded default generates one under `data_dir`; any
+    /// other setup must set it.
+    #[serde(skip_serializing)]
+    pub mfa_encryption_key: Option<SecretString>,
+    /// The issuer authenticator apps show next to a TOTP code.
+    pub totp_issuer: String,
     /// The job queue (the URL of one Redis server, not a cluster); unset: a SQLite file under
     /// `data_dir`.
     pub jobs_url: Option<String>,
@@ -232,6 +239,8 @@ impl Default for Settings {
             email_from: "Dev Talk <no-reply@devtalk.localhost>".into(),
             email_token_ttl: 86_400,
             email_token_secrets: None,
+            mfa_encryption_key: None,
+            totp_issuer: "Dev Talk".into(),
             jobs_url: None,
             jobs_namespace: "dt-users:jobs".into(),
             worker_concurrency: 16,

@@ -62,6 +62,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub hashing: HashingConfig,
     pub http: HttpConfig,
+    pub mfa: MfaConfig,
     pub log_format: LogFormat,
 }
 
@@ -167,6 +168,15 @@ pub struct HashingConfig {
     pub argon2: argon2::Params,
     pub concurrency: NonZeroUsize,
     pub queue: usize,
+}
+
+/// Two-factor sign-in.
+#[derive(Debug, Clone)]
+pub struct MfaConfig {
+    /// The keys that seal TOTP secrets; `None`: the embedded default's generated key.
+    pub encryption_keys: Option<SecretString>,
+    /// The issuer authenticator apps show.
+    pub totp_issuer: String,
 }
 
 #[derive(Debug, Clone)]
@@ -296,6 +306,17 @@ impl Settings {
             },
             token_ttl: at_least_one_second("email_token_ttl", s.email_token_ttl)?,
             token_secrets: s.email_token_secrets.clone(),
+        };
+        let issuer = s.totp_issuer.trim();
+        if issuer.is_empty() || issuer.contains(':') {
+            return Err(ConfigError::new(
+                "totp_issuer",
+                "must be a name without a colon (authenticator apps split on it)",
+            ));
+        }
+        let mfa = MfaConfig {
+            encryption_keys: s.mfa_encryption_key.clone(),
+            totp_issuer: issuer.to_owned(),
         };
         let backoff = Duration::from_millis(s.job_backoff_ms.max(1));
         if url_list(s.jobs_url.as_deref().unwrap_or_default()).len() > 1 {
@@ -453,6 +474,7 @@ impl Settings {
             limits,
             hashing,
             http,
+            mfa,
             log_format,
         })
     }

@@ -25,6 +25,12 @@ pub enum EmailKind {
     EmailChangeNotice(EmailChangeNoticeParams),
     /// After deletion, with the restoration link.
     AccountRestore(AccountRestoreParams),
+    /// Security notice after two-factor sign-in is turned on.
+    TwoFactorEnabled(TwoFactorParams),
+    /// Security notice after two-factor sign-in is turned off.
+    TwoFactorDisabled(TwoFactorParams),
+    /// Security notice after a recovery code was used, with how many are left.
+    RecoveryCodeUsed(RecoveryCodeUsedParams),
 }
 
 impl EmailKind {
@@ -38,6 +44,9 @@ impl EmailKind {
             Self::EmailChangeConfirm(_) => "email_change_confirm",
             Self::EmailChangeNotice(_) => "email_change_notice",
             Self::AccountRestore(_) => "account_restore",
+            Self::TwoFactorEnabled(_) => "two_factor_enabled",
+            Self::TwoFactorDisabled(_) => "two_factor_disabled",
+            Self::RecoveryCodeUsed(_) => "recovery_code_used",
         }
     }
 
@@ -49,7 +58,10 @@ impl EmailKind {
             Self::AccountRestore(_) => Some("/restore-account"),
             Self::EmailChangeConfirm(_) => Some("/confirm-email-change"),
             Self::EmailChangeNotice(_) => Some("/cancel-email-change"),
-            Self::PasswordChanged(_) => None,
+            Self::PasswordChanged(_)
+            | Self::TwoFactorEnabled(_)
+            | Self::TwoFactorDisabled(_)
+            | Self::RecoveryCodeUsed(_) => None,
         }
     }
 }
@@ -109,6 +121,24 @@ pub struct EmailChangeNoticeParams {
 pub struct AccountRestoreParams {
     /// When the account is erased, RFC 3339 (UTC, seconds).
     pub restore_until: String,
+}
+
+/// `two_factor_enabled` and `two_factor_disabled`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TwoFactorParams {
+    /// The method turned on or off: `totp` (an authenticator app).
+    pub method: String,
+    /// RFC 3339 (UTC, seconds).
+    pub at: String,
+}
+
+/// `recovery_code_used`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryCodeUsedParams {
+    /// RFC 3339 (UTC, seconds).
+    pub used_at: String,
+    /// Unused recovery codes left.
+    pub codes_left: u64,
 }
 
 /// One email to send, as recorded in the outbox in the transaction of its cause. Its `id`
@@ -175,6 +205,27 @@ mod tests {
                     restore_until: "2026-12-26T13:10:37Z".into(),
                 }),
                 json!({"restore_until": "2026-12-26T13:10:37Z"}),
+            ),
+            (
+                EmailKind::TwoFactorEnabled(TwoFactorParams {
+                    method: "totp".into(),
+                    at: "2026-11-26T13:10:37Z".into(),
+                }),
+                json!({"method": "totp", "at": "2026-11-26T13:10:37Z"}),
+            ),
+            (
+                EmailKind::TwoFactorDisabled(TwoFactorParams {
+                    method: "totp".into(),
+                    at: "2026-11-26T13:10:37Z".into(),
+                }),
+                json!({"method": "totp", "at": "2026-11-26T13:10:37Z"}),
+            ),
+            (
+                EmailKind::RecoveryCodeUsed(RecoveryCodeUsedParams {
+                    used_at: "2026-11-26T13:10:37Z".into(),
+                    codes_left: 7,
+                }),
+                json!({"used_at": "2026-11-26T13:10:37Z", "codes_left": 7}),
             ),
         ]
     }

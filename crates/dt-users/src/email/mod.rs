@@ -7,7 +7,7 @@ mod render;
 
 pub use intent::{
     AccountRestoreParams, EmailChangeNoticeParams, EmailIntent, EmailKind, NoParams,
-    PasswordChangedParams,
+    PasswordChangedParams, RecoveryCodeUsedParams, TwoFactorParams,
 };
 pub use mailer::{Mailer, SendError};
 pub use render::{RenderedEmail, render};

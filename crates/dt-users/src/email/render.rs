@@ -1,6 +1,6 @@
 use std::sync::LazyLock;
 
-use minijinja::{Environment, context};
+use minijinja::{Environment, Value, context};
 
 use super::{EmailIntent, EmailKind};
 
@@ -22,6 +22,9 @@ const TEMPLATES: &[(&str, &str)] = email_templates!(
     "email_change_confirm",
     "email_change_notice",
     "account_restore",
+    "two_factor_enabled",
+    "two_factor_disabled",
+    "recovery_code_used",
 );
 
 /// The templates, compiled once. HTML templates (`.html`) escape every value.
@@ -45,20 +48,28 @@ pub struct RenderedEmail {
 }
 
 /// The values of the email's own template, by their names in it.
-fn template_values(kind: &EmailKind) -> minijinja::Value {
-    let values: Vec<(&str, &str)> = match kind {
-        EmailKind::PasswordChanged(p) => vec![("changed_at", &p.changed_at)],
+fn template_values(kind: &EmailKind) -> Value {
+    let values: Vec<(&str, Value)> = match kind {
+        EmailKind::PasswordChanged(p) => vec![("changed_at", Value::from(&*p.changed_at))],
         EmailKind::EmailChangeNotice(p) => vec![
-            ("new_email_masked", &p.new_email_masked),
-            ("requested_at", &p.requested_at),
+            ("new_email_masked", Value::from(&*p.new_email_masked)),
+            ("requested_at", Value::from(&*p.requested_at)),
         ],
-        EmailKind::AccountRestore(p) => vec![("restore_until", &p.restore_until)],
+        EmailKind::AccountRestore(p) => vec![("restore_until", Value::from(&*p.restore_until))],
+        EmailKind::TwoFactorEnabled(p) | EmailKind::TwoFactorDisabled(p) => vec![
+            ("method", Value::from(&*p.method)),
+            ("at", Value::from(&*p.at)),
+        ],
+        EmailKind::RecoveryCodeUsed(p) => vec![
+            ("used_at", Value::from(&*p.used_at)),
+            ("codes_left", Value::from(p.codes_left)),
+        ],
         EmailKind::Welcome(_)
         | EmailKind::VerifyEmail(_)
         | EmailKind::PasswordReset(_)
         | EmailKind::EmailChangeConfirm(_) => Vec::new(),
     };
-    minijinja::Value::from_pairs(values)
+    Value::from_pairs(values)
 }
 
 /// Renders `intent` with its link and token (`token` is `None` for notices).
@@ -107,6 +118,7 @@ mod tests {
     use super::*;
     use crate::email::{
         AccountRestoreParams, EmailChangeNoticeParams, NoParams, PasswordChangedParams,
+        RecoveryCodeUsedParams, TwoFactorParams,
     };
 
     fn intent(kind: EmailKind, name: &str) -> EmailIntent {
@@ -120,7 +132,7 @@ mod tests {
         }
     }
 
-    fn every_kind() -> [EmailKind; 7] {
+    fn every_kind() -> [EmailKind; 10] {
         [
             EmailKind::Welcome(NoParams),
             EmailKind::VerifyEmail(NoParams),
@@ -135,6 +147,18 @@ mod tests {
             }),
             EmailKind::AccountRestore(AccountRestoreParams {
                 restore_until: "2026-12-26T13:10:37Z".into(),
+            }),
+            EmailKind::TwoFactorEnabled(TwoFactorParams {
+                method: "totp".into(),
+                at: "2026-11-26T13:10:37Z".into(),
+            }),
+            EmailKind::TwoFactorDisabled(TwoFactorParams {
+                method: "totp".into(),
+                at: "2026-11-27T13:10:37Z".into(),
+            }),
+            EmailKind::RecoveryCodeUsed(RecoveryCodeUsedParams {
+                used_at: "2026-11-28T13:10:37Z".into(),
+                codes_left: 7,
             }),
         ]
     }
@@ -188,6 +212,12 @@ mod tests {
                     vec![p.new_email_masked.clone(), p.requested_at.clone()]
                 }
                 EmailKind::AccountRestore(p) => vec![p.restore_until.clone()],
+                EmailKind::TwoFactorEnabled(p) | EmailKind::TwoFactorDisabled(p) => {
+                    vec!["an authenticator app (TOTP)".into(), p.at.clone()]
+                }
+                EmailKind::RecoveryCodeUsed(p) => {
+                    vec![p.used_at.clone(), format!("{} unused", p.codes_left)]
+                }
                 _ => continue,
             };
             let email = render(&intent(kind.clone(), "Ada"), "https://x", Some("T"), 24).unwrap();
@@ -195,6 +225,69 @@ mod tests {
                 assert!(email.text.contains(&value), "{kind:?}: {}", email.text);
                 assert!(email.html.contains(&value), "{kind:?}");
             }
+        }
+    }
+
+    #[test]
+    fn the_recovery_notice_counts_the_codes_left_and_escapes_the_name() {
+        let notice = |codes_left| {
+            let kind = EmailKind::RecoveryCodeUsed(RecoveryCodeUsedParams {
+                used_at: "2026-11-28T13:10:37Z".into(),
+                codes_left,
+            });
+            render(
+                &intent(kind, "<script>alert(1)</script>"),
+                "https://devtalk.example",
+                None,
+                24,
+            )
+            .unwrap()
+        };
+        let email = notice(7);
+        assert!(
+            email.text.contains("7 unused recovery codes are left."),
+            "{}",
+            email.text
+        );
+        assert!(
+            email.html.contains("7 unused recovery codes are left."),
+            "{}",
+            email.html
+        );
+        assert!(!email.text.contains("generate new ones"));
+        assert!(
+            email
+                .text
+                .contains("https://devtalk.example/forgot-password")
+        );
+        assert!(
+            email
+                .html
+                .contains("https://devtalk.example/forgot-password")
+        );
+        assert!(!email.html.contains("<script>"));
+        assert!(email.html.contains("&lt;script&gt;"));
+        assert!(email.text.contains("<script>alert(1)</script>"));
+
+        let email = notice(1);
+        for part in [&email.text, &email.html] {
+            assert!(
+                part.contains("Only 1 unused recovery code is left"),
+                "{part}"
+            );
+            assert!(part.contains("generate new ones in your security settings"));
+        }
+        let email = notice(2);
+        for part in [&email.text, &email.html] {
+            assert!(
+                part.contains("Only 2 unused recovery codes are left"),
+                "{part}"
+            );
+        }
+        let email = notice(0);
+        for part in [&email.text, &email.html] {
+            assert!(part.contains("no unused recovery codes left"), "{part}");
+            assert!(part.contains("generate new ones in your security settings"));
         }
     }
 }

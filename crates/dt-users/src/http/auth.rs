@@ -16,7 +16,7 @@ use super::views::{
 use crate::service::{RegisterInput, TokenPair};
 
 /// Tokens must never be cached by a browser or proxy.
-fn no_store(mut response: Response) -> Response {
+pub(super) fn no_store(mut response: Response) -> Response {
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -65,6 +65,7 @@ pub async fn register(
     responses(
         (status = 200, description = "Signed in", body = TokenPair),
         (status = 401, description = "`invalid_credentials`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`mfa_required` (the password is right and two-factor sign-in is on: complete at `POST /api/v1/auth/mfa` with the `mfa_token` member and one of `methods`), `account_deleted` or `account_banned`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_error`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn login(

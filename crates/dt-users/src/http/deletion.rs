@@ -125,6 +125,20 @@ pub struct AccountExportView {
     pub email_tokens: Vec<TokenRecordView>,
     /// Emails sent, or about to be.
     pub emails: Vec<EmailRecordView>,
+    pub second_factors: SecondFactorsView,
+}
+
+/// The second factors set up, without their secrets.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SecondFactorsView {
+    /// When the authenticator app was set up; null when none is.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub totp_created_at: Option<String>,
+    /// When it was confirmed; null while it waits for its first code.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub totp_confirmed_at: Option<String>,
+    /// Unused recovery codes (their values are only ever shown once).
+    pub recovery_codes_left: u64,
 }
 
 /// Export everything dt-users holds about the signed-in user (right of access).
@@ -168,6 +182,14 @@ pub async fn export(
                 queued_at: e.dispatched_at.map(|d| d.to_rfc3339()),
             })
             .collect(),
+        second_factors: SecondFactorsView {
+            totp_created_at: export.totp.as_ref().map(|t| t.created_at.to_rfc3339()),
+            totp_confirmed_at: export
+                .totp
+                .as_ref()
+                .and_then(|t| t.confirmed_at.map(|c| c.to_rfc3339())),
+            recovery_codes_left: export.recovery_codes_left,
+        },
     };
     let mut response = Json(view).into_response();
     response.headers_mut().insert(

@@ -7,6 +7,7 @@ pub mod extract;
 mod meta;
 mod middleware;
 pub mod problem;
+mod two_factor;
 mod users;
 pub mod views;
 
@@ -166,6 +167,7 @@ impl Modify for CommonResponses {
     tags(
         (name = "auth", description = "Registration, sign-in and tokens"),
         (name = "users", description = "Accounts, profiles and sessions"),
+        (name = "two-factor", description = "Authenticator apps and recovery codes"),
         (name = "meta", description = "Keys, health and metrics"),
     )
 )]
@@ -178,6 +180,10 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(auth::login))
         .routes(routes!(auth::refresh))
         .routes(routes!(auth::logout))
+        .routes(routes!(two_factor::complete))
+        .routes(routes!(two_factor::start_totp, two_factor::disable_totp))
+        .routes(routes!(two_factor::confirm_totp))
+        .routes(routes!(two_factor::regenerate_recovery_codes))
         .routes(routes!(email::verify))
         .routes(routes!(email::request_verification))
         .routes(routes!(email::forgot))

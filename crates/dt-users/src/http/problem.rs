@@ -94,6 +94,12 @@ impl ApiError {
         self
     }
 
+    /// Adds `Cache-Control: no-store`: the problem carries a secret (a second step's token).
+    fn no_store(mut self) -> Self {
+        self.headers.push(("cache-control", "no-store".to_owned()));
+        self
+    }
+
     /// Adds `Retry-After` (seconds).
     pub fn retry_after(mut self, secs: u64) -> Self {
         self.headers.push(("retry-after", secs.to_string()));
@@ -196,6 +202,39 @@ impl From<ServiceError> for ApiError {
                 Self::new(S::FORBIDDEN, "invalid_credentials", "Invalid credentials")
                     .detail("The current password is wrong.")
             }
+            ServiceError::MfaRequired { mfa_token, methods } => Self::new(
+                S::FORBIDDEN,
+                "mfa_required",
+                "Second factor required",
+            )
+            .detail("The password is right; complete the sign-in at POST /api/v1/auth/mfa with `mfa_token` and a second factor.")
+            .extension("mfa_token", secrecy::ExposeSecret::expose_secret(&mfa_token))
+            .extension("methods", methods)
+            .no_store(),
+            ServiceError::InvalidMfaToken => Self::new(S::UNAUTHORIZED, "invalid_token", "Invalid token")
+                .detail("The `mfa_token` is unknown, used or expired; sign in again.")
+                .bearer(INVALID_TOKEN),
+            ServiceError::WrongCode => Self::new(
+                S::UNAUTHORIZED,
+                "invalid_credentials",
+                "Invalid credentials",
+            )
+            .detail("The code is wrong or was already used.")
+            .bearer(None),
+            ServiceError::WrongCurrentCode => {
+                Self::new(S::FORBIDDEN, "invalid_credentials", "Invalid credentials")
+                    .detail("The code is wrong or was already used.")
+            }
+            ServiceError::InvalidCode => Self::new(S::BAD_REQUEST, "invalid_code", "Invalid code")
+                .detail("The code does not match the pending authenticator; start the set-up again if it keeps failing."),
+            ServiceError::MfaAlreadyEnabled => Self::new(
+                S::CONFLICT,
+                "mfa_already_enabled",
+                "Two-factor sign-in already on",
+            )
+            .detail("An authenticator app is already set up; remove it first to set up another."),
+            ServiceError::MfaNotEnabled => Self::new(S::CONFLICT, "mfa_not_enabled", "Two-factor sign-in is off")
+                .detail("Turn two-factor sign-in on first."),
             ServiceError::NotAuthenticated => Self::new(
                 S::UNAUTHORIZED,
                 "not_authenticated",

@@ -19,6 +19,8 @@ pub struct UserView {
     pub display_name: Option<String>,
     pub bio: Option<String>,
     pub avatar_url: Option<String>,
+    /// A second factor is on: a correct password alone does not sign in.
+    pub mfa_enabled: bool,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: String,
     #[schema(value_type = String, format = DateTime)]
@@ -36,6 +38,7 @@ impl From<&User> for UserView {
             display_name: user.display_name.clone(),
             bio: user.bio.clone(),
             avatar_url: user.avatar_url.clone(),
+            mfa_enabled: user.mfa_enabled,
             created_at: user.created_at.to_rfc3339(),
             updated_at: user.updated_at.to_rfc3339(),
         }

@@ -1,6 +1,6 @@
 //! Access tokens: RFC 9068 JWTs signed with Ed25519, verified with one pinned algorithm.
 
-use dt_users_domain::Timestamp;
+use dt_users_domain::{AuthMethods, Timestamp};
 use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -22,6 +22,9 @@ pub struct AccessClaims {
     pub jti: String,
     pub iat: i64,
     pub exp: i64,
+    /// How the session was signed in (RFC 8176), `mfa` included when two factors were shown.
+    #[serde(default)]
+    pub amr: Vec<String>,
 }
 
 /// Who a verified access token speaks for.
@@ -86,6 +89,7 @@ impl AccessTokens {
     pub fn issue(
         &self,
         subject: TokenSubject,
+        methods: AuthMethods,
         now: Timestamp,
     ) -> Result<String, jsonwebtoken::errors::Error> {
         let mut header = Header::new(Algorithm::EdDSA);
@@ -100,6 +104,7 @@ impl AccessTokens {
             jti: Uuid::now_v7().to_string(),
             iat,
             exp: now.plus_secs(self.ttl_secs).as_secs(),
+            amr: methods.values().into_iter().map(str::to_owned).collect(),
         };
         jsonwebtoken::encode(&header, &claims, self.keys.encoding_key())
     }

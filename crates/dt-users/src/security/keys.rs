@@ -20,7 +20,13 @@ pub enum KeyError {
     Missing,
     #[error("signing keys: {0}")]
     Invalid(String),
-    #[error("signing key file {path}: {source}")]
+    #[error(
+        "no two-factor sealing key is configured: set DT_USERS_MFA_ENCRYPTION_KEY (32 random bytes, base64)"
+    )]
+    MissingMfaKey,
+    #[error("DT_USERS_MFA_ENCRYPTION_KEY: {0}")]
+    InvalidMfaKey(String),
+    #[error("key file {path}: {source}")]
     Io {
         path: String,
         #[source]
@@ -169,14 +175,14 @@ pub fn generate_pem() -> Result<String, KeyError> {
     )))
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, KeyError> {
+pub(super) fn read(path: &Path) -> Result<Vec<u8>, KeyError> {
     std::fs::read(path).map_err(|source| KeyError::Io {
         path: path.display().to_string(),
         source,
     })
 }
 
-fn write_private(path: &Path, contents: &str) -> Result<(), KeyError> {
+pub(super) fn write_private(path: &Path, contents: &str) -> Result<(), KeyError> {
     use std::io::Write;
     let io = |source| KeyError::Io {
         path: path.display().to_string(),

@@ -97,6 +97,7 @@ impl App {
             updated_at: now,
             deleted_at: None,
             purge_after: None,
+            mfa_enabled: false,
         };
         transact!(self, |tx| {
             store::insert_user(tx, &user).await?;

@@ -1,4 +1,4 @@
-use dt_users_domain::{AccountStatus, Email, Timestamp, User, normalize_password};
+use dt_users_domain::{AccountStatus, AuthMethods, Email, Timestamp, User, normalize_password};
 use dt_users_store as store;
 use secrecy::SecretString;
 use serde::Serialize;
@@ -8,7 +8,7 @@ use super::{App, ServiceError};
 use crate::security::access_token::{AccessTokenError, TokenSubject};
 use crate::security::password_hasher::Verified;
 use crate::security::refresh_token::RefreshToken;
-use crate::sessions::{Rotation, Session};
+use crate::sessions::{Epoch, Rotation, Session};
 
 /// What is recorded about the client that signs in, for the sessions list.
 #[derive(Debug, Clone, Default)]
@@ -48,7 +48,7 @@ fn remaining_secs(until: Timestamp, now: Timestamp) -> u64 {
 }
 
 /// Why a correct password does not sign in.
-fn refuse_unless_active(user: &User) -> Result<(), ServiceError> {
+pub(super) fn refuse_unless_active(user: &User) -> Result<(), ServiceError> {
     match user.status {
         AccountStatus::Active => Ok(()),
         AccountStatus::Deleted => Err(ServiceError::AccountDeleted {
@@ -62,13 +62,14 @@ impl App {
     fn token_pair(
         &self,
         subject: TokenSubject,
+        methods: AuthMethods,
         refresh_token: String,
         expires_at: Timestamp,
         now: Timestamp,
     ) -> Result<TokenPair, ServiceError> {
         let access_token = self
             .tokens
-            .issue(subject, now)
+            .issue(subject, methods, now)
             .map_err(ServiceError::internal)?;
         Ok(TokenPair {
             access_token,
@@ -81,7 +82,8 @@ impl App {
 
     /// Signs in with email and password. An unknown email costs one (dummy) verification,
     /// as a wrong password does, and gets the same answer; both are counted against the
-    /// address before the check (the soft lockout).
+    /// address before the check (the soft lockout). With two-factor sign-in on, a correct
+    /// password only opens the second step ([`ServiceError::MfaRequired`]).
     #[tracing::instrument(skip_all)]
     pub async fn login(
         &self,
@@ -128,31 +130,57 @@ impl App {
             }
         }
 
+        if current.mfa_enabled {
+            return Err(self.require_second_step(&current, epoch).await?);
+        }
+        self.open_session(user.id, epoch, AuthMethods::PASSWORD, client)
+            .await?
+            .ok_or(ServiceError::InvalidCredentials)
+    }
+
+    /// Starts a session of `user_id` signed in by `methods` — unless the user's sessions were
+    /// revoked since `epoch` was read (`None`): the sign-in was overtaken by a password change,
+    /// a ban or a deletion, and must not outlive it.
+    pub(super) async fn open_session(
+        &self,
+        user_id: Uuid,
+        epoch: Epoch,
+        methods: AuthMethods,
+        client: ClientInfo,
+    ) -> Result<Option<TokenPair>, ServiceError> {
         let now = self.now();
         let session = Session {
             id: Uuid::now_v7(),
-            user_id: user.id,
+            user_id,
             created_at: now,
             last_used_at: now,
             expires_at: now.plus_secs(self.policy.refresh_ttl.as_secs()),
             user_agent: client.user_agent,
             ip: client.ip,
+            methods,
         };
-        let refresh_token = RefreshToken::first(user.id, session.id);
+        let refresh_token = RefreshToken::first(user_id, session.id);
         if !self
             .sessions
             .create(&session, &refresh_token.secrets(), epoch)
             .await?
         {
-            tracing::info!(user_id = %user.id, "sign-in overtaken by a revocation: refused");
-            return Err(ServiceError::InvalidCredentials);
+            tracing::info!(%user_id, "sign-in overtaken by a revocation: refused");
+            return Ok(None);
         }
-        tracing::info!(user_id = %user.id, session_id = %session.id, "signed in");
+        tracing::info!(%user_id, session_id = %session.id, amr = %methods.encode(), "signed in");
         let subject = TokenSubject {
-            user_id: user.id,
+            user_id,
             session_id: session.id,
         };
-        self.token_pair(subject, refresh_token.encode(), session.expires_at, now)
+        self.token_pair(
+            subject,
+            methods,
+            refresh_token.encode(),
+            session.expires_at,
+            now,
+        )
+        .map(Some)
     }
 
     /// Stores a hash of `password` with the current parameters in place of `user`'s — only
@@ -194,12 +222,15 @@ impl App {
             .await?;
         let (user_id, session_id) = (token.user_id, token.session_id);
         match rotation {
-            Rotation::Rotated { expires_at } => {
+            Rotation::Rotated {
+                expires_at,
+                methods,
+            } => {
                 let subject = TokenSubject {
                     user_id,
                     session_id,
                 };
-                self.token_pair(subject, next.encode(), expires_at, now)
+                self.token_pair(subject, methods, next.encode(), expires_at, now)
             }
             Rotation::WithinGrace | Rotation::Invalid => Err(ServiceError::InvalidRefreshToken),
             Rotation::Reused => {

@@ -19,6 +19,9 @@ pub struct AccountExport {
     pub sessions: Vec<Session>,
     pub email_tokens: Vec<store::TokenRecord>,
     pub emails: Vec<store::EmailRecord>,
+    /// The authenticator app set up, if any (its secret is not exported).
+    pub totp: Option<store::TotpRecord>,
+    pub recovery_codes_left: u64,
 }
 
 impl App {
@@ -189,11 +192,15 @@ impl App {
         let mut conn = self.db.pool().acquire().await?;
         let email_tokens = store::email_tokens_of(&mut conn, user.id).await?;
         let emails = store::emails_of(&mut conn, user.id).await?;
+        let totp = store::totp_of(&mut conn, user.id).await?;
+        let recovery_codes_left = store::recovery_codes_left(&mut conn, user.id).await?;
         Ok(AccountExport {
             user,
             sessions,
             email_tokens,
             emails,
+            totp,
+            recovery_codes_left,
         })
     }
 }

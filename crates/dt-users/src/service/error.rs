@@ -26,6 +26,30 @@ pub enum ServiceError {
     AccountBanned,
     #[error("the current password is wrong")]
     WrongCurrentPassword,
+    /// The password was right and a second factor is on: the sign-in goes on at
+    /// `POST /auth/mfa` with `mfa_token` and one of `methods`.
+    #[error("a second factor is required")]
+    MfaRequired {
+        mfa_token: secrecy::SecretString,
+        methods: Vec<&'static str>,
+    },
+    /// The `mfa_token` of a second step is unknown, used, expired, or was overtaken by a
+    /// revocation.
+    #[error("the second-step token is invalid")]
+    InvalidMfaToken,
+    /// A wrong (or already used) code at the second step of a sign-in.
+    #[error("the code is wrong")]
+    WrongCode,
+    /// A wrong code given to confirm a change of the signed-in account.
+    #[error("the code is wrong")]
+    WrongCurrentCode,
+    /// A wrong code to confirm a TOTP enrolment, or no enrolment to confirm.
+    #[error("the code does not confirm the enrolment")]
+    InvalidCode,
+    #[error("two-factor sign-in with this method is already on")]
+    MfaAlreadyEnabled,
+    #[error("two-factor sign-in is off")]
+    MfaNotEnabled,
     #[error("no access token was presented")]
     NotAuthenticated,
     #[error("the access token is invalid")]

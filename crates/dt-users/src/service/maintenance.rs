@@ -13,6 +13,7 @@ const RETENTION_SECS: u64 = 7 * 86_400;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepReport {
     pub email_tokens: u64,
+    pub mfa_challenges: u64,
     pub outbox_rows: u64,
     pub deliveries: u64,
     pub commands: u64,
@@ -22,9 +23,10 @@ pub struct SweepReport {
 
 impl SweepReport {
     /// Each count by name, for logs.
-    pub fn counts(&self) -> [(&'static str, u64); 6] {
+    pub fn counts(&self) -> [(&'static str, u64); 7] {
         [
             ("email_tokens", self.email_tokens),
+            ("mfa_challenges", self.mfa_challenges),
             ("outbox_rows", self.outbox_rows),
             ("deliveries", self.deliveries),
             ("commands", self.commands),
@@ -41,6 +43,8 @@ impl App {
         let cutoff = now.minus_secs(RETENTION_SECS);
         let mut conn = self.db.pool().acquire().await?;
         let email_tokens = store::delete_stale_email_tokens(&mut conn, cutoff).await?;
+        // A second step lives minutes; past its expiry it is of no use, not even to show.
+        let mfa_challenges = store::delete_stale_mfa_challenges(&mut conn, now).await?;
         let outbox_rows = store::delete_dispatched(&mut conn, cutoff).await?;
         let deliveries = store::delete_old_deliveries(&mut conn, cutoff).await?;
         let commands = store::delete_old_commands(
@@ -55,6 +59,7 @@ impl App {
             .await?;
         Ok(SweepReport {
             email_tokens: count(email_tokens),
+            mfa_challenges: count(mfa_challenges),
             outbox_rows: count(outbox_rows),
             deliveries: count(deliveries),
             commands: count(commands),

@@ -11,6 +11,8 @@ mod maintenance;
 mod moderation;
 mod password_check;
 mod profile;
+mod second_step;
+mod two_factor;
 #[macro_use]
 mod transaction;
 
@@ -26,6 +28,7 @@ use crate::security::access_token::AccessTokens;
 use crate::security::email_token::EmailTokens;
 use crate::security::password_hasher::PasswordHasherPool;
 use crate::security::rate_limit::{Quota, RateLimiter, Rules};
+use crate::security::sealing::SecretSealer;
 use crate::sessions::SessionStore;
 
 pub use accounts::RegisterInput;
@@ -36,6 +39,8 @@ pub use error::ServiceError;
 pub use maintenance::SweepReport;
 pub use moderation::{Command, CommandOutcome};
 pub use profile::ProfilePatch;
+pub use second_step::MFA_TOKEN_TTL_SECS;
+pub use two_factor::{RecoveryCodes, SecondFactor, TotpEnrolment};
 
 /// Everything the use-cases need, built once per process. It knows nothing of HTTP, Kafka or
 /// the job queue: the use-cases write to the database and its outbox, and the relays take it
@@ -53,6 +58,8 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     pub limiter: RateLimiter,
     pub limits: Rules,
+    /// Seals the TOTP secrets stored.
+    pub sealer: SecretSealer,
 }
 
 /// The settings the use-cases decide by.
@@ -74,6 +81,8 @@ pub struct Policy {
     pub command_retention: Duration,
     /// Whether a relay publishes events (Kafka is configured); only logs differ.
     pub events_published: bool,
+    /// The issuer authenticator apps show next to a TOTP code.
+    pub totp_issuer: String,
 }
 
 impl App {

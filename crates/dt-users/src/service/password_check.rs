@@ -1,7 +1,10 @@
-//! The one gate every password check of an account passes: sign-in, `current_password` on a
-//! change or a deletion. Each check is counted against the account *before* it is verified,
-//! and only a few run at once per account, so guesses sent all at once get no further than
-//! guesses sent one after another. A correct password gives its count back.
+//! The one gate every check of an account's secrets passes: a password at sign-in,
+//! `current_password` on a change or a deletion, and the codes of two-factor sign-in. Each
+//! check is counted against the account *before* it is verified, and only a few run at once
+//! per account, so guesses sent all at once get no further than guesses sent one after
+//! another. A check that passes gives its count back.
+
+use std::future::Future;
 
 use dt_users_domain::{User, normalize_password};
 use secrecy::SecretString;
@@ -23,6 +26,25 @@ impl App {
         password: SecretString,
         stored: Option<String>,
     ) -> Result<Verified, ServiceError> {
+        let verify = async {
+            Ok(match stored {
+                Some(hash) => self.hasher.verify(password, hash).await?,
+                None => self.hasher.verify_dummy(password).await?,
+            })
+        };
+        self.through_gate(account_key, verify, |v| *v != Verified::No)
+            .await
+    }
+
+    /// Runs `check` through the gate of the account `account_key` names: it waits for none
+    /// but a free in-flight slot, is counted before it runs, and its count is given back when
+    /// `passed` says it passed.
+    pub(super) async fn through_gate<T>(
+        &self,
+        account_key: &str,
+        check: impl Future<Output = Result<T, ServiceError>>,
+        passed: impl FnOnce(&T) -> bool,
+    ) -> Result<T, ServiceError> {
         let now = self.now();
         let in_flight = self.policy.password_checks_in_flight.get();
         let slot = self
@@ -41,9 +63,9 @@ impl App {
             limiter: self.limiter.clone(),
             slot: Some(slot),
         };
-        let verified = self.counted_check(account_key, password, stored).await;
+        let outcome = self.counted_check(account_key, check, passed).await;
         held.release().await;
-        verified
+        outcome
     }
 
     /// Checks the signed-in user's `current_password` (a change of email or password, a
@@ -66,24 +88,21 @@ impl App {
         Ok(())
     }
 
-    async fn counted_check(
+    async fn counted_check<T>(
         &self,
         account_key: &str,
-        password: SecretString,
-        stored: Option<String>,
-    ) -> Result<Verified, ServiceError> {
+        check: impl Future<Output = Result<T, ServiceError>>,
+        passed: impl FnOnce(&T) -> bool,
+    ) -> Result<T, ServiceError> {
         let quota = self.limits.login_account;
         self.limit("login_account", quota, account_key).await?;
-        let verified = match stored {
-            Some(hash) => self.hasher.verify(password, hash).await?,
-            None => self.hasher.verify_dummy(password).await?,
-        };
-        if verified != Verified::No
+        let outcome = check.await?;
+        if passed(&outcome)
             && let Err(e) = self.limit_refund("login_account", quota, account_key).await
         {
-            tracing::warn!(error = %e, "password-check count not given back");
+            tracing::warn!(error = %e, "check count not given back");
         }
-        Ok(verified)
+        Ok(outcome)
     }
 }
 

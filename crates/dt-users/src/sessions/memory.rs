@@ -154,6 +154,7 @@ impl MemorySessions {
             record.session.last_used_at = now;
             return Rotation::Rotated {
                 expires_at: record.session.expires_at,
+                methods: record.session.methods,
             };
         }
         if token.generation + 1 == generation

@@ -15,7 +15,7 @@ mod memory;
 mod redis_connection;
 mod redis_store;
 
-use dt_users_domain::Timestamp;
+use dt_users_domain::{AuthMethods, Timestamp};
 use uuid::Uuid;
 
 pub use memory::MemorySessions;
@@ -32,6 +32,8 @@ pub struct Session {
     pub expires_at: Timestamp,
     pub user_agent: Option<String>,
     pub ip: Option<String>,
+    /// How the session was signed in; every access token of the session carries them.
+    pub methods: AuthMethods,
 }
 
 /// The hashes a refresh token is checked against: its session's family secret and the
@@ -57,7 +59,10 @@ pub struct PresentedRefresh {
 pub enum Rotation {
     /// The token was current; it is now dead, and `new_hash` is the secret of the session's
     /// next generation.
-    Rotated { expires_at: Timestamp },
+    Rotated {
+        expires_at: Timestamp,
+        methods: AuthMethods,
+    },
     /// The token was rotated moments ago (within the grace window): refused, session kept.
     WithinGrace,
     /// The token was rotated earlier: the whole session has been revoked.

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use dt_users_domain::Timestamp;
+use dt_users_domain::{AuthMethods, Timestamp};
 use uuid::Uuid;
 
 use super::redis_connection::{LuaScript, RedisConnection, RedisEndpoint};
@@ -21,7 +21,7 @@ const CREATE: &str = r"
 if (redis.call('GET', KEYS[3]) or '0') ~= ARGV[10] then return 0 end
 redis.call('HSET', KEYS[1], 'uid', ARGV[2], 'created_at', ARGV[3], 'last_used_at', ARGV[3],
            'expires_at', ARGV[4], 'ua', ARGV[5], 'ip', ARGV[6], 'fam', ARGV[8], 'cur', ARGV[9],
-           'gen', '0', 'rotated_at', ARGV[3])
+           'gen', '0', 'rotated_at', ARGV[3], 'amr', ARGV[11])
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 redis.call('SADD', KEYS[2], ARGV[1])
 if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[7]) then redis.call('PEXPIRE', KEYS[2], ARGV[7]) end
@@ -44,7 +44,7 @@ return 1
 ";
 
 const ROTATE: &str = r"
-local s = redis.call('HMGET', KEYS[1], 'uid', 'expires_at', 'fam', 'cur', 'gen', 'rotated_at')
+local s = redis.call('HMGET', KEYS[1], 'uid', 'expires_at', 'fam', 'cur', 'gen', 'rotated_at', 'amr')
 local now = tonumber(ARGV[6])
 if not s[1] or s[1] ~= ARGV[1] or tonumber(s[2]) <= now or s[3] ~= ARGV[2] then
   return {'invalid'}
@@ -55,7 +55,7 @@ if presented > gen or (presented == gen and s[4] ~= ARGV[4]) then return {'inval
 if presented == gen then
   redis.call('HSET', KEYS[1], 'cur', ARGV[5], 'gen', tostring(gen + 1), 'rotated_at', ARGV[6],
              'last_used_at', ARGV[6])
-  return {'rotated', s[2]}
+  return {'rotated', s[2], s[7] or ''}
 end
 if presented == gen - 1 and now - tonumber(s[6]) <= tonumber(ARGV[7]) then return {'grace'} end
 redis.call('DEL', KEYS[1])
@@ -89,11 +89,13 @@ local out = {}
 local now = tonumber(ARGV[2])
 for _, sid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local s = redis.call('HMGET', ARGV[1] .. ':session:' .. sid,
-                       'created_at', 'last_used_at', 'expires_at', 'ua', 'ip')
+                       'created_at', 'last_used_at', 'expires_at', 'ua', 'ip', 'amr')
   if not s[1] or tonumber(s[3]) <= now then
     redis.call('SREM', KEYS[1], sid)
   else
-    for _, v in ipairs({sid, s[1], s[2], s[3], s[4] or '', s[5] or ''}) do table.insert(out, v) end
+    for _, v in ipairs({sid, s[1], s[2], s[3], s[4] or '', s[5] or '', s[6] or ''}) do
+      table.insert(out, v)
+    end
   end
 end
 return out
@@ -230,6 +232,7 @@ impl RedisSessions {
             .arg(&secrets.family_hash)
             .arg(&secrets.current_hash)
             .arg(epoch.0.to_string())
+            .arg(session.methods.encode())
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -306,7 +309,11 @@ impl RedisSessions {
                     .and_then(|s| s.parse().ok())
                     .map(Timestamp::from_millis)
                     .ok_or_else(corrupt)?;
-                Ok(Rotation::Rotated { expires_at })
+                let methods = AuthMethods::decode(reply.get(2).map_or("", String::as_str));
+                Ok(Rotation::Rotated {
+                    expires_at,
+                    methods,
+                })
             }
             Some("grace") => Ok(Rotation::WithinGrace),
             Some("reused") => Ok(Rotation::Reused),
@@ -370,9 +377,9 @@ impl RedisSessions {
             .map_err(unavailable)?;
         let time = |s: &str| s.parse().map(Timestamp::from_millis).ok();
         let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-        flat.chunks(6)
+        flat.chunks(7)
             .map(|row| match row {
-                [id, created, used, expires, ua, ip] => Some(Session {
+                [id, created, used, expires, ua, ip, amr] => Some(Session {
                     id: Uuid::parse_str(id).ok()?,
                     user_id,
                     created_at: time(created)?,
@@ -380,6 +387,7 @@ impl RedisSessions {
                     expires_at: time(expires)?,
                     user_agent: text(ua),
                     ip: text(ip),
+                    methods: AuthMethods::decode(amr),
                 }),
                 _ => None,
             })

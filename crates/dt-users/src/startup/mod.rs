@@ -19,6 +19,7 @@ use crate::security::email_token::EmailTokens;
 use crate::security::keys::SigningKeys;
 use crate::security::password_hasher::PasswordHasherPool;
 use crate::security::rate_limit::RateLimiter;
+use crate::security::sealing::SecretSealer;
 use crate::service::{App, Policy};
 use crate::sessions::{MemorySessions, RedisSessions, SessionStore};
 
@@ -94,6 +95,13 @@ pub async fn build_app(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<App
             .embedded
             .then_some(config.data_dir.as_path()),
     )?;
+    let sealer = SecretSealer::load(
+        config.mfa.encryption_keys.as_ref(),
+        config
+            .database
+            .embedded
+            .then_some(config.data_dir.as_path()),
+    )?;
     let tokens = AccessTokens::new(
         keys,
         config.tokens.issuer.clone(),
@@ -135,6 +143,7 @@ pub async fn build_app(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<App
         database = db.dialect().name(),
         sessions = sessions.backend(),
         signing_kid = tokens.keys().signing_kid(),
+        mfa_key_id = sealer.current_key_id(),
         "dt-users ready"
     );
     let email_tokens = match &config.email.token_secrets {
@@ -161,6 +170,7 @@ pub async fn build_app(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<App
         purge_batch: config.deletion.purge_batch,
         command_retention: config.commands.retention,
         events_published: config.kafka.is_some(),
+        totp_issuer: config.mfa.totp_issuer.clone(),
     };
     Ok(Arc::new(App {
         policy,
@@ -173,6 +183,7 @@ pub async fn build_app(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<App
         clock,
         limiter,
         limits: limits.rules,
+        sealer,
     }))
 }
 

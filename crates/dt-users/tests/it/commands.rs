@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 use sqlx::{Connection, Row};
 
 use crate::events::assert_valid_event;
-use crate::helpers::{PASSWORD, SIGNING_KEY, TestApp, assert_problem, mysql_server_url, redis_url};
+use crate::helpers::{
+    MFA_KEY, PASSWORD, SIGNING_KEY, TestApp, assert_problem, mysql_server_url, redis_url,
+};
 use crate::kafka::{Broker, create_topics, produce, read_until, with_kafka};
 
 const COMMANDS: &str = "devtalk.users.commands";
@@ -197,6 +199,7 @@ async fn a_consumer_killed_before_its_commit_does_not_apply_a_command_twice() {
             .env("DT_USERS_REDIS_URL", redis_url())
             .env("DT_USERS_REDIS_KEY_PREFIX", &app.redis_prefix)
             .env("DT_USERS_SIGNING_KEYS", SIGNING_KEY.as_str())
+            .env("DT_USERS_MFA_ENCRYPTION_KEY", MFA_KEY.as_str())
             .env("DT_USERS_KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
             .env("DT_USERS_KAFKA_IDEMPOTENCE", "false")
             .env("DT_USERS_KAFKA_GROUP_ID", group)
@@ -271,6 +274,7 @@ async fn a_consumer_started_before_its_topic_exists_warns_and_then_applies_comma
         .env("DT_USERS_REDIS_URL", redis_url())
         .env("DT_USERS_REDIS_KEY_PREFIX", &app.redis_prefix)
         .env("DT_USERS_SIGNING_KEYS", SIGNING_KEY.as_str())
+        .env("DT_USERS_MFA_ENCRYPTION_KEY", MFA_KEY.as_str())
         .env("DT_USERS_KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
         .env("DT_USERS_KAFKA_IDEMPOTENCE", "false")
         .env("DT_USERS_KAFKA_GROUP_ID", "group-late-topic")

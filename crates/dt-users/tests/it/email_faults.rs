@@ -8,7 +8,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{CuttableProxy, PASSWORD, SIGNING_KEY, TestApp, mysql_server_url, redis_url};
+use crate::helpers::{
+    CuttableProxy, MFA_KEY, PASSWORD, SIGNING_KEY, TestApp, mysql_server_url, redis_url,
+};
 use crate::mail::{SmtpSink, spawn_with_mail, token_in};
 
 #[tokio::test]
@@ -99,6 +101,7 @@ impl WorkerProcess {
             .env("DT_USERS_JOBS_NAMESPACE", jobs_namespace)
             .env("DT_USERS_SMTP_URL", smtp_url)
             .env("DT_USERS_SIGNING_KEYS", SIGNING_KEY.as_str())
+            .env("DT_USERS_MFA_ENCRYPTION_KEY", MFA_KEY.as_str())
             .env("DT_USERS_PUBLIC_URL", "https://devtalk.example")
             .env("DT_USERS_JOBS_HEARTBEAT_SECS", "1")
             .env("DT_USERS_JOBS_MISSED_HEARTBEATS", "2")

@@ -33,6 +33,7 @@ fn user(profile: bool) -> User {
         updated_at: NOW,
         deleted_at: None,
         purge_after: None,
+        mfa_enabled: false,
     }
 }
 

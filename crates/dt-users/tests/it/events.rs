@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::{Connection, Row};
 
-use crate::helpers::{PASSWORD, SIGNING_KEY, TestApp, mysql_server_url, redis_url};
+use crate::helpers::{MFA_KEY, PASSWORD, SIGNING_KEY, TestApp, mysql_server_url, redis_url};
 use crate::kafka::{Broker, Record, read_until, with_kafka};
 use crate::mail::{SmtpSink, spawn_with_mail, token_in};
 
@@ -210,6 +210,7 @@ impl RelayProcess {
                 format!("{}:jobs", app.redis_prefix),
             )
             .env("DT_USERS_SIGNING_KEYS", SIGNING_KEY.as_str())
+            .env("DT_USERS_MFA_ENCRYPTION_KEY", MFA_KEY.as_str())
             .env("DT_USERS_KAFKA_BOOTSTRAP_SERVERS", bootstrap)
             .env("DT_USERS_KAFKA_IDEMPOTENCE", "false")
             // The lease is twice this plus 2 s: a killed relay's is taken over in 10 s.

@@ -33,6 +33,14 @@ pub fn redis_url() -> String {
 /// One signing key for the whole test binary.
 pub static SIGNING_KEY: LazyLock<String> = LazyLock::new(|| generate_pem().unwrap());
 
+/// One two-factor sealing key for the whole test binary (32 random bytes, base64).
+pub static MFA_KEY: LazyLock<String> = LazyLock::new(|| {
+    use base64::Engine;
+    let mut key = [0_u8; 32];
+    rand::fill(&mut key);
+    base64::engine::general_purpose::STANDARD.encode(key)
+});
+
 /// A fresh, empty database; dropped by [`drop_database`].
 pub async fn create_database() -> (String, String) {
     sqlx::any::install_default_drivers();
@@ -142,6 +150,7 @@ pub fn fresh_data_dir() -> std::path::PathBuf {
 fn shared_settings(data_dir: std::path::PathBuf) -> Settings {
     Settings {
         signing_keys: Some(SecretString::from(SIGNING_KEY.clone())),
+        mfa_encryption_key: Some(SecretString::from(MFA_KEY.clone())),
         argon2_memory_kib: 1024,
         argon2_iterations: 1,
         // Tests that need the relay and a worker turn them on (see `mail::spawn_with_mail`).

@@ -207,7 +207,9 @@ async fn sign_ins_in_flight_do_not_outlive_a_deletion() {
 }
 
 /// Sends the requests at once and returns their statuses and problem codes.
-async fn all_at_once(requests: Vec<reqwest::RequestBuilder>) -> Vec<(StatusCode, Option<String>)> {
+pub(crate) async fn all_at_once(
+    requests: Vec<reqwest::RequestBuilder>,
+) -> Vec<(StatusCode, Option<String>)> {
     // Every request is on its way before the first answer is read.
     let handles: Vec<_> = requests
         .into_iter()
@@ -228,11 +230,14 @@ async fn all_at_once(requests: Vec<reqwest::RequestBuilder>) -> Vec<(StatusCode,
 }
 
 /// The lockout's burst (`DT_USERS_RATE_LIMIT_LOGIN_ACCOUNT`, default `10/90/3600`).
-const LOCKOUT_BURST: usize = 10;
+pub(crate) const LOCKOUT_BURST: usize = 10;
 
 /// Of `statuses`, how many were checked (`checked`) — the rest must be refusals before any
 /// check: 429, or 503 `overloaded`.
-fn count_checked(statuses: &[(StatusCode, Option<String>)], checked: StatusCode) -> usize {
+pub(crate) fn count_checked(
+    statuses: &[(StatusCode, Option<String>)],
+    checked: StatusCode,
+) -> usize {
     for (status, code) in statuses {
         let refused = *status == StatusCode::TOO_MANY_REQUESTS
             || (*status == StatusCode::SERVICE_UNAVAILABLE

@@ -22,7 +22,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{PASSWORD, SIGNING_KEY, TestApp, assert_problem, mysql_server_url, redis_url};
+use crate::helpers::{
+    MFA_KEY, PASSWORD, SIGNING_KEY, TestApp, assert_problem, mysql_server_url, redis_url,
+};
 use crate::kafka::{Broker, Record, Sidecar, produce_with, read_until_with, with_kafka};
 
 const USER: &str = "dt-users";
@@ -382,6 +384,7 @@ async fn refused_kafka_settings_stop_start_up_naming_their_variable() {
                 format!("{}:jobs", app.redis_prefix),
             )
             .env("DT_USERS_SIGNING_KEYS", SIGNING_KEY.as_str())
+            .env("DT_USERS_MFA_ENCRYPTION_KEY", MFA_KEY.as_str())
             .env("DT_USERS_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")
             .env("DT_USERS_KAFKA_SASL_PASSWORD", SECRET);
         for (name, value) in env {

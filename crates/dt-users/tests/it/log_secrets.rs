@@ -1,11 +1,14 @@
 //! The logs of every flow that handles a secret hold none of them: no password, no access or
-//! refresh token, no emailed token, no signing key.
+//! refresh token, no emailed token, no signing key, no two-factor secret, code or token.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+use dt_users::domain::{Clock, SystemClock};
+use dt_users::security::totp::TotpSecret;
 
 use crate::helpers::PASSWORD;
 
@@ -174,6 +177,65 @@ async fn logs_of_every_secret_handling_flow_contain_no_secret() {
     .json()
     .await
     .unwrap();
+    // Two-factor sign-in: the authenticator's secret, its codes, the recovery codes and the
+    // second step's token.
+    let access = pair["access_token"].as_str().unwrap().to_owned();
+    let enrolment: Value = client
+        .post(format!("{base}/api/v1/users/current/mfa/totp"))
+        .bearer_auth(&access)
+        .json(&json!({"current_password": "third secret passphrase"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = enrolment["secret"].as_str().unwrap().to_owned();
+    let totp = TotpSecret::from_base32(&secret).unwrap();
+    let code = totp
+        .code_at_step(TotpSecret::step_of(SystemClock.now()))
+        .unwrap();
+    let confirmed: Value = client
+        .post(format!("{base}/api/v1/users/current/mfa/totp/confirm"))
+        .bearer_auth(&access)
+        .json(&json!({"code": code}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let recovery: Vec<String> = confirmed["recovery_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(recovery.len(), 10);
+    let required: Value = post(
+        "/api/v1/auth/login",
+        json!({"email": "ada@example.com", "password": "third secret passphrase"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(required["code"], "mfa_required");
+    let mfa_token = required["mfa_token"].as_str().unwrap().to_owned();
+    let second: Value = post(
+        "/api/v1/auth/mfa",
+        json!({"mfa_token": mfa_token, "recovery_code": recovery[0]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let second_access = second["access_token"].as_str().unwrap().to_owned();
+    secrets.extend([secret, code, mfa_token, second_access]);
+    secrets.extend(recovery);
+
     let deleted = client
         .delete(format!("{base}/api/v1/users/current"))
         .bearer_auth(pair["access_token"].as_str().unwrap())

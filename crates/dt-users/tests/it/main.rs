@@ -44,6 +44,7 @@ mod relay_lease;
 mod schemathesis;
 mod shutdown;
 mod topology;
+mod two_factor;
 mod ugly_input;
 
 // Rotation of emailed-token secrets, sign-outs without the database, personal data.

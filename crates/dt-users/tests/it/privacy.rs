@@ -13,7 +13,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::helpers::{
-    PASSWORD, SIGNING_KEY, TestApp, create_database, delete_redis_prefix, drop_database,
+    MFA_KEY, PASSWORD, SIGNING_KEY, TestApp, create_database, delete_redis_prefix, drop_database,
     redis_contents, redis_url, test_settings,
 };
 use crate::mail::{SmtpSink, free_port};
@@ -63,6 +63,7 @@ impl Service {
             .env("DT_USERS_JOBS_NAMESPACE", format!("{prefix}:jobs"))
             .env("DT_USERS_SMTP_URL", smtp_url)
             .env("DT_USERS_SIGNING_KEYS", SIGNING_KEY.as_str())
+            .env("DT_USERS_MFA_ENCRYPTION_KEY", MFA_KEY.as_str())
             .env("DT_USERS_RELAY_INTERVAL_MS", "100")
             .env("DT_USERS_ARGON2_MEMORY_KIB", "1024")
             .env("DT_USERS_ARGON2_ITERATIONS", "1")

@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use crate::helpers::{PASSWORD, SIGNING_KEY, TestApp, mysql_server_url, redis_url};
+use crate::helpers::{MFA_KEY, PASSWORD, SIGNING_KEY, TestApp, mysql_server_url, redis_url};
 use crate::kafka::{Broker, read_until, with_kafka};
 use crate::mail::{SmtpSink, free_port};
 use crate::process::Process;
@@ -32,6 +32,7 @@ fn env_of(app: &TestApp) -> Vec<(&'static str, String)> {
             app.config().jobs.namespace.clone(),
         ),
         ("DT_USERS_SIGNING_KEYS", SIGNING_KEY.clone()),
+        ("DT_USERS_MFA_ENCRYPTION_KEY", MFA_KEY.clone()),
         ("DT_USERS_PUBLIC_URL", "https://devtalk.example".into()),
         ("DT_USERS_RATE_LIMIT_ENABLED", "false".into()),
         // A worker that stops is noticed quickly, so its jobs return to the queue soon.

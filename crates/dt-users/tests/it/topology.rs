@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use sqlx::{Connection, Row};
 
 use crate::events::assert_valid_event;
-use crate::helpers::{PASSWORD, SIGNING_KEY, redis_url};
+use crate::helpers::{MFA_KEY, PASSWORD, SIGNING_KEY, redis_url};
 use crate::kafka::produce;
 use crate::mail::token_in;
 use client::{command, email, events_until, eventually, outcome, tokens, types};
@@ -100,6 +100,7 @@ fn overrides(
         ),
         // .env.example holds placeholders of the secrets that the service refuses, on purpose.
         ("DT_USERS_SIGNING_KEYS", SIGNING_KEY.clone(), Replace),
+        ("DT_USERS_MFA_ENCRYPTION_KEY", MFA_KEY.clone(), Replace),
         (
             "DT_USERS_EMAIL_TOKEN_SECRETS",
             uuid::Uuid::new_v4().simple().to_string().repeat(2),
