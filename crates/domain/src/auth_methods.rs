@@ -11,10 +11,31 @@ impl AuthMethods {
     pub const PASSWORD: Self = Self(1);
     /// A one-time code: a TOTP code or a recovery code (`otp`).
     pub const ONE_TIME_CODE: Self = Self(1 << 1);
+    /// A passkey bound to its device (`hwk`).
+    pub const HARDWARE_KEY: Self = Self(1 << 2);
+    /// A passkey that may be synced between devices (`swk`).
+    pub const SOFTWARE_KEY: Self = Self(1 << 3);
+    /// The authenticator verified the user (a PIN or a biometric) as well (`user`).
+    pub const USER_VERIFIED: Self = Self(1 << 4);
 
     /// Every method, with its RFC 8176 name, in the order they are listed.
-    const NAMES: [(Self, &'static str); 2] =
-        [(Self::PASSWORD, "pwd"), (Self::ONE_TIME_CODE, "otp")];
+    const NAMES: [(Self, &'static str); 5] = [
+        (Self::PASSWORD, "pwd"),
+        (Self::ONE_TIME_CODE, "otp"),
+        (Self::HARDWARE_KEY, "hwk"),
+        (Self::SOFTWARE_KEY, "swk"),
+        (Self::USER_VERIFIED, "user"),
+    ];
+
+    /// A passkey with user verification: the key held (`hwk` or `swk`) and the user verified.
+    pub const fn passkey(synced: bool) -> Self {
+        let key = if synced {
+            Self::SOFTWARE_KEY
+        } else {
+            Self::HARDWARE_KEY
+        };
+        key.with(Self::USER_VERIFIED)
+    }
 
     /// Both sets together.
     #[must_use]
@@ -79,11 +100,24 @@ mod tests {
     }
 
     #[test]
+    fn a_passkey_is_two_factors_alone() {
+        assert_eq!(AuthMethods::passkey(true).values(), ["swk", "user", "mfa"]);
+        assert_eq!(
+            AuthMethods::PASSWORD
+                .with(AuthMethods::passkey(false))
+                .values(),
+            ["pwd", "hwk", "user", "mfa"]
+        );
+    }
+
+    #[test]
     fn the_stored_form_reads_back() {
         for set in [
             AuthMethods::PASSWORD,
             AuthMethods::ONE_TIME_CODE,
             AuthMethods::PASSWORD.with(AuthMethods::ONE_TIME_CODE),
+            AuthMethods::PASSWORD.with(AuthMethods::passkey(true)),
+            AuthMethods::passkey(false),
         ] {
             assert_eq!(AuthMethods::decode(&set.encode()), set);
         }

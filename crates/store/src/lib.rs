@@ -11,6 +11,7 @@ mod error;
 mod mfa;
 mod migrations;
 mod outbox;
+mod passkeys;
 mod users;
 
 pub use coordination::{
@@ -35,6 +36,11 @@ pub use outbox::{
     EmailRecord, NewOutboxRow, OutboxKind, OutboxRow, backlog, delete_dispatched, emails_of,
     insert_outbox, insert_outbox_once, mark_dispatched, mark_dispatched_many, outbox_payload,
     pending_outbox, postpone,
+};
+pub use passkeys::{
+    Ceremony, PasskeyRecord, delete_passkey, delete_stale_ceremonies, erase_passkeys,
+    insert_passkey, passkey_by_credential, passkey_count, passkeys_of, put_ceremony,
+    record_passkey_use, take_ceremony,
 };
 pub use sqlx::AnyConnection;
 pub use users::{

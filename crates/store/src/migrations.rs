@@ -44,6 +44,11 @@ const MYSQL: Embedded = &[
         "two-factor",
         include_str!("../migrations/mysql/0007_two_factor.sql"),
     ),
+    (
+        8,
+        "passkeys",
+        include_str!("../migrations/mysql/0008_passkeys.sql"),
+    ),
 ];
 
 const SQLITE: Embedded = &[
@@ -81,6 +86,11 @@ const SQLITE: Embedded = &[
         7,
         "two-factor",
         include_str!("../migrations/sqlite/0007_two_factor.sql"),
+    ),
+    (
+        8,
+        "passkeys",
+        include_str!("../migrations/sqlite/0008_passkeys.sql"),
     ),
 ];
 

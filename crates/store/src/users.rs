@@ -6,11 +6,12 @@ use uuid::Uuid;
 use crate::StoreError;
 
 /// `second_factors` is derived, not a column: an account has a second factor exactly when a
-/// confirmed authenticator row exists, so the flag cannot drift from the rows that decide it.
+/// confirmed authenticator or a passkey exists, so the flag cannot drift from the rows that
+/// decide it.
 const COLUMNS: &str = "id, email, email_verified, pending_email, username, display_name, bio, \
      avatar_url, password_hash, status, banned, created_at, updated_at, deleted_at, purge_after, \
      (SELECT COUNT(*) FROM mfa_totp t WHERE t.user_id = users.id AND t.confirmed_at IS NOT NULL) \
-     AS second_factors";
+     + (SELECT COUNT(*) FROM passkeys p WHERE p.user_id = users.id) AS second_factors";
 
 const INSERT: &str = "INSERT INTO users (id, email, email_lower, email_verified, pending_email, \
      username, username_lower, display_name, bio, avatar_url, password_hash, status, banned, \
@@ -210,11 +211,13 @@ pub async fn due_for_purge(
 }
 
 /// Erases an account's row and every row that holds its personal data: its email tokens, its
-/// second factors (authenticator, recovery codes, sign-in challenges), and all its outbox
-/// rows — email intents, and events, which may hold its public profile (an event not yet
-/// published is superseded by the `purged` event the caller records next).
+/// second factors (authenticator, recovery codes, sign-in challenges, passkeys, WebAuthn
+/// ceremonies), and all its outbox rows — email intents, and events, which may hold its
+/// public profile (an event not yet published is superseded by the `purged` event the caller
+/// records next).
 pub async fn erase_user(conn: &mut AnyConnection, id: Uuid) -> Result<(), StoreError> {
     crate::mfa::erase_mfa(&mut *conn, id).await?;
+    crate::passkeys::erase_passkeys(&mut *conn, id).await?;
     let id = id.to_string();
     sqlx::query("DELETE FROM email_tokens WHERE user_id = ?")
         .bind(id.clone())

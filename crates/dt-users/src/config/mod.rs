@@ -78,8 +78,14 @@ pub struct Settings {
     /// other setup must set it.
     #[serde(skip_serializing)]
     pub mfa_encryption_key: Option<SecretString>,
-    /// The issuer authenticator apps show next to a TOTP code.
+    /// The issuer authenticator apps show next to a TOTP code, and the name passkey prompts show.
     pub totp_issuer: String,
+    /// The WebAuthn relying-party id passkeys are bound to (a domain); unset: the host of
+    /// `public_url`.
+    pub webauthn_rp_id: Option<String>,
+    /// Comma-separated origins (`https://devtalk.example`) passkey ceremonies may come from;
+    /// empty: the origin of `public_url`.
+    pub webauthn_origins: String,
     /// The job queue (the URL of one Redis server, not a cluster); unset: a SQLite file under
     /// `data_dir`.
     pub jobs_url: Option<String>,
@@ -241,6 +247,8 @@ impl Default for Settings {
             email_token_secrets: None,
             mfa_encryption_key: None,
             totp_issuer: "Dev Talk".into(),
+            webauthn_rp_id: None,
+            webauthn_origins: String::new(),
             jobs_url: None,
             jobs_namespace: "dt-users:jobs".into(),
             worker_concurrency: 16,

@@ -31,6 +31,10 @@ pub enum EmailKind {
     TwoFactorDisabled(TwoFactorParams),
     /// Security notice after a recovery code was used, with how many are left.
     RecoveryCodeUsed(RecoveryCodeUsedParams),
+    /// Security notice after a passkey was added to the account.
+    PasskeyAdded(PasskeyParams),
+    /// Security notice after a passkey was removed from the account.
+    PasskeyRemoved(PasskeyParams),
 }
 
 impl EmailKind {
@@ -47,6 +51,8 @@ impl EmailKind {
             Self::TwoFactorEnabled(_) => "two_factor_enabled",
             Self::TwoFactorDisabled(_) => "two_factor_disabled",
             Self::RecoveryCodeUsed(_) => "recovery_code_used",
+            Self::PasskeyAdded(_) => "passkey_added",
+            Self::PasskeyRemoved(_) => "passkey_removed",
         }
     }
 
@@ -61,7 +67,9 @@ impl EmailKind {
             Self::PasswordChanged(_)
             | Self::TwoFactorEnabled(_)
             | Self::TwoFactorDisabled(_)
-            | Self::RecoveryCodeUsed(_) => None,
+            | Self::RecoveryCodeUsed(_)
+            | Self::PasskeyAdded(_)
+            | Self::PasskeyRemoved(_) => None,
         }
     }
 }
@@ -139,6 +147,15 @@ pub struct RecoveryCodeUsedParams {
     pub used_at: String,
     /// Unused recovery codes left.
     pub codes_left: u64,
+}
+
+/// `passkey_added` and `passkey_removed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasskeyParams {
+    /// The name its owner gave the passkey.
+    pub passkey_name: String,
+    /// RFC 3339 (UTC, seconds).
+    pub at: String,
 }
 
 /// One email to send, as recorded in the outbox in the transaction of its cause. Its `id`
@@ -226,6 +243,20 @@ mod tests {
                     codes_left: 7,
                 }),
                 json!({"used_at": "2026-11-26T13:10:37Z", "codes_left": 7}),
+            ),
+            (
+                EmailKind::PasskeyAdded(PasskeyParams {
+                    passkey_name: "Work laptop".into(),
+                    at: "2026-11-26T13:10:37Z".into(),
+                }),
+                json!({"passkey_name": "Work laptop", "at": "2026-11-26T13:10:37Z"}),
+            ),
+            (
+                EmailKind::PasskeyRemoved(PasskeyParams {
+                    passkey_name: "Work laptop".into(),
+                    at: "2026-11-26T13:10:37Z".into(),
+                }),
+                json!({"passkey_name": "Work laptop", "at": "2026-11-26T13:10:37Z"}),
             ),
         ]
     }

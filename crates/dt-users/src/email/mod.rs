@@ -6,7 +6,7 @@ mod mailer;
 mod render;
 
 pub use intent::{
-    AccountRestoreParams, EmailChangeNoticeParams, EmailIntent, EmailKind, NoParams,
+    AccountRestoreParams, EmailChangeNoticeParams, EmailIntent, EmailKind, NoParams, PasskeyParams,
     PasswordChangedParams, RecoveryCodeUsedParams, TwoFactorParams,
 };
 pub use mailer::{Mailer, SendError};

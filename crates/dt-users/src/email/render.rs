@@ -25,6 +25,8 @@ const TEMPLATES: &[(&str, &str)] = email_templates!(
     "two_factor_enabled",
     "two_factor_disabled",
     "recovery_code_used",
+    "passkey_added",
+    "passkey_removed",
 );
 
 /// The templates, compiled once. HTML templates (`.html`) escape every value.
@@ -63,6 +65,10 @@ fn template_values(kind: &EmailKind) -> Value {
         EmailKind::RecoveryCodeUsed(p) => vec![
             ("used_at", Value::from(&*p.used_at)),
             ("codes_left", Value::from(p.codes_left)),
+        ],
+        EmailKind::PasskeyAdded(p) | EmailKind::PasskeyRemoved(p) => vec![
+            ("passkey_name", Value::from(&*p.passkey_name)),
+            ("at", Value::from(&*p.at)),
         ],
         EmailKind::Welcome(_)
         | EmailKind::VerifyEmail(_)
@@ -117,8 +123,8 @@ mod tests {
 
     use super::*;
     use crate::email::{
-        AccountRestoreParams, EmailChangeNoticeParams, NoParams, PasswordChangedParams,
-        RecoveryCodeUsedParams, TwoFactorParams,
+        AccountRestoreParams, EmailChangeNoticeParams, NoParams, PasskeyParams,
+        PasswordChangedParams, RecoveryCodeUsedParams, TwoFactorParams,
     };
 
     fn intent(kind: EmailKind, name: &str) -> EmailIntent {
@@ -132,7 +138,7 @@ mod tests {
         }
     }
 
-    fn every_kind() -> [EmailKind; 10] {
+    fn every_kind() -> [EmailKind; 12] {
         [
             EmailKind::Welcome(NoParams),
             EmailKind::VerifyEmail(NoParams),
@@ -159,6 +165,14 @@ mod tests {
             EmailKind::RecoveryCodeUsed(RecoveryCodeUsedParams {
                 used_at: "2026-11-28T13:10:37Z".into(),
                 codes_left: 7,
+            }),
+            EmailKind::PasskeyAdded(PasskeyParams {
+                passkey_name: "Work laptop".into(),
+                at: "2026-11-29T13:10:37Z".into(),
+            }),
+            EmailKind::PasskeyRemoved(PasskeyParams {
+                passkey_name: "Old phone".into(),
+                at: "2026-11-30T13:10:37Z".into(),
             }),
         ]
     }
@@ -217,6 +231,9 @@ mod tests {
                 }
                 EmailKind::RecoveryCodeUsed(p) => {
                     vec![p.used_at.clone(), format!("{} unused", p.codes_left)]
+                }
+                EmailKind::PasskeyAdded(p) | EmailKind::PasskeyRemoved(p) => {
+                    vec![format!("\"{}\"", p.passkey_name), p.at.clone()]
                 }
                 _ => continue,
             };
@@ -288,6 +305,48 @@ mod tests {
         for part in [&email.text, &email.html] {
             assert!(part.contains("no unused recovery codes left"), "{part}");
             assert!(part.contains("generate new ones in your security settings"));
+        }
+    }
+
+    #[test]
+    fn the_passkey_notices_escape_the_passkey_name_in_html_only() {
+        let name = "<script>alert(1)</script>";
+        let at = "2026-11-29T13:10:37Z";
+        for kind in [
+            EmailKind::PasskeyAdded(PasskeyParams {
+                passkey_name: name.into(),
+                at: at.into(),
+            }),
+            EmailKind::PasskeyRemoved(PasskeyParams {
+                passkey_name: name.into(),
+                at: at.into(),
+            }),
+        ] {
+            let email = render(
+                &intent(kind.clone(), "Ada"),
+                "https://devtalk.example",
+                None,
+                24,
+            )
+            .unwrap();
+            assert!(!email.html.contains("<script>"), "{kind:?}: {}", email.html);
+            assert!(
+                email
+                    .html
+                    .contains("\"&lt;script&gt;alert(1)&lt;&#x2f;script&gt;\""),
+                "{kind:?}: {}",
+                email.html
+            );
+            assert!(
+                email.text.contains("\"<script>alert(1)</script>\""),
+                "{kind:?}: {}",
+                email.text
+            );
+            for part in [&email.text, &email.html] {
+                assert!(part.contains(at), "{kind:?}: {part}");
+                assert!(part.contains("https://devtalk.example/forgot-password"));
+            }
+            assert!(!email.subject.contains("<script>"), "{kind:?}");
         }
     }
 }

@@ -139,6 +139,8 @@ pub struct SecondFactorsView {
     pub totp_confirmed_at: Option<String>,
     /// Unused recovery codes (their values are only ever shown once).
     pub recovery_codes_left: u64,
+    /// Names and dates; never a key.
+    pub passkeys: Vec<super::passkeys::PasskeyView>,
 }
 
 /// Export everything dt-users holds about the signed-in user (right of access).
@@ -189,6 +191,11 @@ pub async fn export(
                 .as_ref()
                 .and_then(|t| t.confirmed_at.map(|c| c.to_rfc3339())),
             recovery_codes_left: export.recovery_codes_left,
+            passkeys: export
+                .passkeys
+                .iter()
+                .map(super::passkeys::PasskeyView::from)
+                .collect(),
         },
     };
     let mut response = Json(view).into_response();

@@ -6,6 +6,7 @@ mod email;
 pub mod extract;
 mod meta;
 mod middleware;
+mod passkeys;
 pub mod problem;
 mod two_factor;
 mod users;
@@ -167,7 +168,7 @@ impl Modify for CommonResponses {
     tags(
         (name = "auth", description = "Registration, sign-in and tokens"),
         (name = "users", description = "Accounts, profiles and sessions"),
-        (name = "two-factor", description = "Authenticator apps and recovery codes"),
+        (name = "two-factor", description = "Authenticator apps, passkeys and recovery codes"),
         (name = "meta", description = "Keys, health and metrics"),
     )
 )]
@@ -184,6 +185,12 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(two_factor::start_totp, two_factor::disable_totp))
         .routes(routes!(two_factor::confirm_totp))
         .routes(routes!(two_factor::regenerate_recovery_codes))
+        .routes(routes!(passkeys::second_step_options))
+        .routes(routes!(passkeys::sign_in_options))
+        .routes(routes!(passkeys::sign_in))
+        .routes(routes!(passkeys::registration_options))
+        .routes(routes!(passkeys::add, passkeys::list))
+        .routes(routes!(passkeys::remove))
         .routes(routes!(email::verify))
         .routes(routes!(email::request_verification))
         .routes(routes!(email::forgot))

@@ -227,6 +227,8 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::InvalidCode => Self::new(S::BAD_REQUEST, "invalid_code", "Invalid code")
                 .detail("The code does not match the pending authenticator; start the set-up again if it keeps failing."),
+            ServiceError::InvalidCredential => Self::new(S::BAD_REQUEST, "invalid_credential", "Invalid passkey")
+                .detail("The passkey does not answer the registration started (or it expired after 5 minutes), failed verification, or is registered already."),
             ServiceError::MfaAlreadyEnabled => Self::new(
                 S::CONFLICT,
                 "mfa_already_enabled",

@@ -27,6 +27,10 @@ pub struct CompleteSignInRequest {
     /// One of the recovery codes (each works once).
     #[schema(value_type = Option<String>, example = "k3m9-2qwx-7pzr-c4vd")]
     pub recovery_code: Option<SecretString>,
+    /// A passkey's assertion (`PublicKeyCredential` JSON) answering
+    /// `POST /api/v1/auth/mfa/webauthn/options`.
+    #[schema(value_type = Option<Object>)]
+    pub webauthn: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -105,15 +109,15 @@ fn second_factor(code: &str) -> SecondFactor<'_> {
     }
 }
 
-/// Complete a sign-in that answered `mfa_required`, with a code of the authenticator app or a
-/// recovery code.
+/// Complete a sign-in that answered `mfa_required`, with a code of the authenticator app, a
+/// recovery code, or a passkey's assertion.
 #[utoipa::path(post, path = "/api/v1/auth/mfa", tag = "auth",
     request_body = CompleteSignInRequest,
     responses(
         (status = 200, description = "Signed in; the access token's `amr` has `mfa`", body = TokenPair),
         (status = 401, description = "`invalid_credentials`: the code is wrong or was used; `invalid_token`: the `mfa_token` is unknown, used or expired", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`account_banned` or `account_deleted` since the first step", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`validation_error`: not exactly one of `totp_code` and `recovery_code`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_error`: not exactly one of `totp_code`, `recovery_code` and `webauthn`", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "`rate_limited`: too many codes tried for this account or from this client", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn complete(
@@ -121,19 +125,26 @@ pub async fn complete(
     client: Client,
     ApiJson(body): ApiJson<CompleteSignInRequest>,
 ) -> Result<Response, ApiError> {
-    let code = match (&body.totp_code, &body.recovery_code) {
-        (Some(code), None) => SecondFactor::Totp(code.expose_secret()),
-        (None, Some(code)) => SecondFactor::RecoveryCode(code.expose_secret()),
-        (Some(_), Some(_)) => {
-            return Err(ApiError::validation(
-                "recovery_code",
-                "give either `totp_code` or `recovery_code`, not both",
-            ));
-        }
-        (None, None) => {
+    let code = match (&body.totp_code, &body.recovery_code, &body.webauthn) {
+        (Some(code), None, None) => SecondFactor::Totp(code.expose_secret()),
+        (None, Some(code), None) => SecondFactor::RecoveryCode(code.expose_secret()),
+        (None, None, Some(assertion)) => SecondFactor::Passkey(assertion),
+        (None, None, None) => {
             return Err(ApiError::validation(
                 "totp_code",
-                "give `totp_code` or `recovery_code`",
+                "give one of `totp_code`, `recovery_code` and `webauthn`",
+            ));
+        }
+        (_, Some(_), _) => {
+            return Err(ApiError::validation(
+                "recovery_code",
+                "give only one of `totp_code`, `recovery_code` and `webauthn`",
+            ));
+        }
+        (_, _, Some(_)) => {
+            return Err(ApiError::validation(
+                "webauthn",
+                "give only one of `totp_code`, `recovery_code` and `webauthn`",
             ));
         }
     };

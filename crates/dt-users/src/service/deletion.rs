@@ -22,6 +22,8 @@ pub struct AccountExport {
     /// The authenticator app set up, if any (its secret is not exported).
     pub totp: Option<store::TotpRecord>,
     pub recovery_codes_left: u64,
+    /// The passkeys (their names and dates are shown; their keys are not).
+    pub passkeys: Vec<store::PasskeyRecord>,
 }
 
 impl App {
@@ -194,6 +196,7 @@ impl App {
         let emails = store::emails_of(&mut conn, user.id).await?;
         let totp = store::totp_of(&mut conn, user.id).await?;
         let recovery_codes_left = store::recovery_codes_left(&mut conn, user.id).await?;
+        let passkeys = store::passkeys_of(&mut conn, user.id).await?;
         Ok(AccountExport {
             user,
             sessions,
@@ -201,6 +204,7 @@ impl App {
             emails,
             totp,
             recovery_codes_left,
+            passkeys,
         })
     }
 }

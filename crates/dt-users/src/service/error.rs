@@ -46,6 +46,10 @@ pub enum ServiceError {
     /// A wrong code to confirm a TOTP enrolment, or no enrolment to confirm.
     #[error("the code does not confirm the enrolment")]
     InvalidCode,
+    /// A passkey registration that does not answer the pending ceremony, fails verification,
+    /// or is registered already.
+    #[error("the passkey credential is invalid")]
+    InvalidCredential,
     #[error("two-factor sign-in with this method is already on")]
     MfaAlreadyEnabled,
     #[error("two-factor sign-in is off")]

@@ -14,6 +14,7 @@ const RETENTION_SECS: u64 = 7 * 86_400;
 pub struct SweepReport {
     pub email_tokens: u64,
     pub mfa_challenges: u64,
+    pub webauthn_ceremonies: u64,
     pub outbox_rows: u64,
     pub deliveries: u64,
     pub commands: u64,
@@ -23,10 +24,11 @@ pub struct SweepReport {
 
 impl SweepReport {
     /// Each count by name, for logs.
-    pub fn counts(&self) -> [(&'static str, u64); 7] {
+    pub fn counts(&self) -> [(&'static str, u64); 8] {
         [
             ("email_tokens", self.email_tokens),
             ("mfa_challenges", self.mfa_challenges),
+            ("webauthn_ceremonies", self.webauthn_ceremonies),
             ("outbox_rows", self.outbox_rows),
             ("deliveries", self.deliveries),
             ("commands", self.commands),
@@ -45,6 +47,7 @@ impl App {
         let email_tokens = store::delete_stale_email_tokens(&mut conn, cutoff).await?;
         // A second step lives minutes; past its expiry it is of no use, not even to show.
         let mfa_challenges = store::delete_stale_mfa_challenges(&mut conn, now).await?;
+        let webauthn_ceremonies = store::delete_stale_ceremonies(&mut conn, now).await?;
         let outbox_rows = store::delete_dispatched(&mut conn, cutoff).await?;
         let deliveries = store::delete_old_deliveries(&mut conn, cutoff).await?;
         let commands = store::delete_old_commands(
@@ -60,6 +63,7 @@ impl App {
         Ok(SweepReport {
             email_tokens: count(email_tokens),
             mfa_challenges: count(mfa_challenges),
+            webauthn_ceremonies: count(webauthn_ceremonies),
             outbox_rows: count(outbox_rows),
             deliveries: count(deliveries),
             commands: count(commands),

@@ -9,6 +9,7 @@ mod error;
 mod events;
 mod maintenance;
 mod moderation;
+mod passkeys;
 mod password_check;
 mod profile;
 mod second_step;
@@ -38,6 +39,7 @@ pub use email_change::CancelOutcome;
 pub use error::ServiceError;
 pub use maintenance::SweepReport;
 pub use moderation::{Command, CommandOutcome};
+pub use passkeys::PasskeyChallenge;
 pub use profile::ProfilePatch;
 pub use second_step::MFA_TOKEN_TTL_SECS;
 pub use two_factor::{RecoveryCodes, SecondFactor, TotpEnrolment};
@@ -60,6 +62,8 @@ pub struct App {
     pub limits: Rules,
     /// Seals the TOTP secrets stored.
     pub sealer: SecretSealer,
+    /// The relying party of passkeys: runs their ceremonies.
+    pub webauthn: webauthn_rs::Webauthn,
 }
 
 /// The settings the use-cases decide by.

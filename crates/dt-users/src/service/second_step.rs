@@ -31,6 +31,19 @@ impl App {
         let now = self.now();
         let token = format!("{MFA_TOKEN_PREFIX}{}", random_urlsafe(32));
         let mut conn = self.db.pool().acquire().await?;
+        let mut methods = Vec::new();
+        if store::totp_of(&mut conn, user.id)
+            .await?
+            .is_some_and(|t| t.confirmed_at.is_some())
+        {
+            methods.push("totp");
+        }
+        if store::passkey_count(&mut conn, user.id).await? > 0 {
+            methods.push("webauthn");
+        }
+        if store::recovery_codes_left(&mut conn, user.id).await? > 0 {
+            methods.push("recovery_code");
+        }
         store::insert_mfa_challenge(
             &mut conn,
             &hash_secret(&token),
@@ -43,7 +56,7 @@ impl App {
         tracing::info!(user_id = %user.id, "password accepted: second factor required");
         Ok(ServiceError::MfaRequired {
             mfa_token: SecretString::from(token),
-            methods: vec!["totp", "recovery_code"],
+            methods,
         })
     }
 
@@ -70,17 +83,27 @@ impl App {
         let totp = self.confirmed_totp(user.id).await?;
         let check = async {
             transact!(self, |tx| {
-                if !self.use_code(tx, &user, totp.as_ref(), code).await? {
+                let shown = match code {
+                    SecondFactor::Passkey(assertion) => {
+                        self.use_second_step_passkey(tx, &user, &token_hash, assertion)
+                            .await?
+                    }
+                    code => self
+                        .use_code(tx, &user, totp.as_ref(), code)
+                        .await?
+                        .then_some(AuthMethods::ONE_TIME_CODE),
+                };
+                let Some(shown) = shown else {
                     return Ok(None);
-                }
+                };
                 let challenge = store::use_mfa_challenge(tx, &token_hash, now)
                     .await?
                     .filter(|c| c.user_id == user.id)
                     .ok_or(ServiceError::InvalidMfaToken)?;
-                Some(challenge)
+                Some((challenge, shown))
             })
         };
-        let challenge = self
+        let (challenge, shown) = self
             .through_gate(&user.email.lookup_key(), check, Option::is_some)
             .await?
             .ok_or(ServiceError::WrongCode)?;
@@ -92,7 +115,7 @@ impl App {
         }
         .ok_or(ServiceError::InvalidMfaToken)?;
         refuse_unless_active(&current)?;
-        let methods = AuthMethods::PASSWORD.with(AuthMethods::ONE_TIME_CODE);
+        let methods = AuthMethods::PASSWORD.with(shown);
         self.open_session(user.id, Epoch(challenge.epoch), methods, client)
             .await?
             .ok_or(ServiceError::InvalidMfaToken)

@@ -43,6 +43,8 @@ pub enum SecondFactor<'a> {
     Totp(&'a str),
     /// One of the recovery codes.
     RecoveryCode(&'a str),
+    /// A passkey's assertion (`PublicKeyCredential` JSON), at the second step of a sign-in.
+    Passkey(&'a serde_json::Value),
 }
 
 impl std::fmt::Debug for SecondFactor<'_> {
@@ -50,6 +52,7 @@ impl std::fmt::Debug for SecondFactor<'_> {
         f.write_str(match self {
             Self::Totp(_) => "Totp(..)",
             Self::RecoveryCode(_) => "RecoveryCode(..)",
+            Self::Passkey(_) => "Passkey(..)",
         })
     }
 }
@@ -134,13 +137,7 @@ impl App {
             let codes = if was_on {
                 None
             } else {
-                let codes = recovery_codes::generate();
-                let hashes: Vec<String> = codes
-                    .iter()
-                    .filter_map(|c| recovery_codes::hash(c))
-                    .collect();
-                store::replace_recovery_codes(tx, user.id, &hashes, now).await?;
-                Some(RecoveryCodes(codes))
+                Some(self.new_recovery_codes(tx, user.id).await?)
             };
             let notice = EmailKind::TwoFactorEnabled(TwoFactorParams {
                 method: "totp".into(),
@@ -175,7 +172,9 @@ impl App {
                     return Ok(false);
                 }
                 store::delete_totp(tx, user.id).await?;
-                store::delete_recovery_codes(tx, user.id).await?;
+                if store::passkey_count(tx, user.id).await? == 0 {
+                    store::delete_recovery_codes(tx, user.id).await?;
+                }
                 let notice = EmailKind::TwoFactorDisabled(TwoFactorParams {
                     method: "totp".into(),
                     at: now.to_rfc3339(),
@@ -206,20 +205,29 @@ impl App {
             return Err(ServiceError::MfaNotEnabled);
         }
         self.check_current_password(&user, current_password).await?;
+        let codes = transact!(self, |tx| {
+            let user = self.lock_active(tx, user.id).await?;
+            if !user.mfa_enabled {
+                return Err(ServiceError::MfaNotEnabled);
+            }
+            self.new_recovery_codes(tx, user.id).await?
+        })?;
+        tracing::info!(user_id = %user.id, "recovery codes replaced");
+        Ok(codes)
+    }
+
+    /// Ten new recovery codes of the account, in `tx`, in place of its old ones.
+    pub(super) async fn new_recovery_codes(
+        &self,
+        tx: &mut AnyConnection,
+        user_id: Uuid,
+    ) -> Result<RecoveryCodes, ServiceError> {
         let codes = recovery_codes::generate();
         let hashes: Vec<String> = codes
             .iter()
             .filter_map(|c| recovery_codes::hash(c))
             .collect();
-        let now = self.now();
-        transact!(self, |tx| {
-            let user = self.lock_active(tx, user.id).await?;
-            if !user.mfa_enabled {
-                return Err(ServiceError::MfaNotEnabled);
-            }
-            store::replace_recovery_codes(tx, user.id, &hashes, now).await?;
-        })?;
-        tracing::info!(user_id = %user.id, "recovery codes replaced");
+        store::replace_recovery_codes(tx, user_id, &hashes, self.now()).await?;
         Ok(RecoveryCodes(codes))
     }
 
@@ -303,11 +311,13 @@ impl App {
                 tracing::info!(user_id = %user.id, codes_left, "recovery code used");
                 Ok(true)
             }
+            // An assertion answers a ceremony of its own (see `use_second_step_passkey`).
+            SecondFactor::Passkey(_) => Ok(false),
         }
     }
 
     /// The account locked for a change in `tx`, if it is active.
-    async fn lock_active(
+    pub(super) async fn lock_active(
         &self,
         tx: &mut AnyConnection,
         user_id: Uuid,
@@ -319,7 +329,7 @@ impl App {
     }
 
     /// Queues a security notice to the account's address.
-    async fn queue_notice(
+    pub(super) async fn queue_notice(
         &self,
         tx: &mut AnyConnection,
         notice: EmailKind,

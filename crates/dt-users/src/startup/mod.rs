@@ -9,7 +9,7 @@ use std::sync::Arc;
 use dt_users_domain::Clock;
 use dt_users_store::{Db, MigrationState};
 
-use crate::config::{Config, ConfigError, RedisServers, Settings};
+use crate::config::{Config, ConfigError, MfaConfig, RedisServers, Settings};
 use crate::events::KafkaProbe;
 use crate::health::Readiness;
 use crate::jobs::QueueError;
@@ -102,6 +102,7 @@ pub async fn build_app(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<App
             .embedded
             .then_some(config.data_dir.as_path()),
     )?;
+    let webauthn = relying_party(&config.mfa)?;
     let tokens = AccessTokens::new(
         keys,
         config.tokens.issuer.clone(),
@@ -184,7 +185,25 @@ pub async fn build_app(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<App
         limiter,
         limits: limits.rules,
         sealer,
+        webauthn,
     }))
+}
+
+/// The WebAuthn relying party of passkeys: its id, the origins allowed, and the name prompts
+/// show.
+fn relying_party(mfa: &MfaConfig) -> Result<webauthn_rs::Webauthn, StartupError> {
+    let refused = |e: webauthn_rs::prelude::WebauthnError| {
+        ConfigError::new("webauthn_origins", format!("refused by WebAuthn: {e}"))
+    };
+    let mut origins = mfa.webauthn_origins.iter();
+    let first = origins
+        .next()
+        .ok_or_else(|| ConfigError::new("webauthn_origins", "no origin is allowed"))?;
+    let builder = webauthn_rs::WebauthnBuilder::new(&mfa.webauthn_rp_id, first)
+        .map_err(refused)?
+        .rp_name(&mfa.totp_issuer);
+    let builder = origins.fold(builder, |b, origin| b.append_allowed_origin(origin));
+    Ok(builder.build().map_err(refused)?)
 }
 
 /// What `/health/ready` reports for `app`'s process.

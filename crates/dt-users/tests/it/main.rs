@@ -35,6 +35,7 @@ mod in_flight;
 mod kafka_security;
 mod logout_sessions;
 mod meta;
+mod passkeys;
 mod profile;
 mod rate_limits;
 mod redis_cluster;

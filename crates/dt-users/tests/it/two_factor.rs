@@ -1365,7 +1365,7 @@ async fn the_export_shows_second_factors_without_secrets() {
     let none: Value = serde_json::from_str(&export_text(&app, &owner.access).await).unwrap();
     assert_eq!(
         none["second_factors"],
-        json!({"totp_created_at": null, "totp_confirmed_at": null, "recovery_codes_left": 0})
+        json!({"totp_created_at": null, "totp_confirmed_at": null, "recovery_codes_left": 0, "passkeys": []})
     );
 
     let base32 = started(&app, &owner.access).await;
