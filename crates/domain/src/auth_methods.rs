@@ -37,6 +37,11 @@ impl AuthMethods {
         key.with(Self::USER_VERIFIED)
     }
 
+    /// True when a passkey was shown (`hwk` or `swk`).
+    pub const fn has_passkey(self) -> bool {
+        self.0 & (Self::HARDWARE_KEY.0 | Self::SOFTWARE_KEY.0) != 0
+    }
+
     /// Both sets together.
     #[must_use]
     pub const fn with(self, other: Self) -> Self {
@@ -107,6 +112,12 @@ mod tests {
                 .with(AuthMethods::passkey(false))
                 .values(),
             ["pwd", "hwk", "user", "mfa"]
+        );
+        assert!(AuthMethods::passkey(false).has_passkey());
+        assert!(
+            !AuthMethods::PASSWORD
+                .with(AuthMethods::ONE_TIME_CODE)
+                .has_passkey()
         );
     }
 

@@ -14,7 +14,6 @@ use super::AppState;
 use super::auth::no_store;
 use super::extract::{ApiJson, Client, CurrentSession};
 use super::problem::{ApiError, Problem};
-use super::two_factor::CurrentPasswordRequest;
 use crate::service::{ServiceError, TokenPair};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -67,6 +66,14 @@ impl std::fmt::Debug for AddedPasskeyView {
             .field("passkey", &self.passkey)
             .finish_non_exhaustive()
     }
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemovePasskeyRequest {
+    /// Needed unless this session signed in with a passkey in the last 5 minutes.
+    #[schema(value_type = Option<String>)]
+    pub current_password: Option<SecretString>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -152,28 +159,32 @@ pub async fn list(
     Ok(Json(passkeys.iter().map(PasskeyView::from).collect()))
 }
 
-/// Remove one of the signed-in user's passkeys, with the password.
+/// Remove one of the signed-in user's passkeys, with the password (or from a session that
+/// signed in with a passkey in the last 5 minutes).
 #[utoipa::path(delete, path = "/api/v1/users/current/passkeys/{id}", tag = "two-factor",
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Passkey id")),
-    request_body = CurrentPasswordRequest,
+    request_body = RemovePasskeyRequest,
     responses(
         (status = 204, description = "Removed; with no second factor left, so are the recovery codes"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`invalid_credentials`: wrong `current_password`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such passkey of this user", body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_error`: `current_password` is needed (this session did not sign in with a passkey in the last 5 minutes)", body = Problem, content_type = "application/problem+json"),
         (status = 429, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn remove(
     State(app): State<AppState>,
     CurrentSession(subject): CurrentSession,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<CurrentPasswordRequest>,
+    ApiJson(body): ApiJson<RemovePasskeyRequest>,
 ) -> Result<StatusCode, ApiError> {
     let id = Uuid::try_parse(&id).map_err(|_| ServiceError::NotFound)?;
-    app.remove_passkey(subject, id, body.current_password.expose_secret())
-        .await?;
+    let password = body
+        .current_password
+        .as_ref()
+        .map(ExposeSecret::expose_secret);
+    app.remove_passkey(subject, id, password).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -2436,3 +2436,52 @@ async fn ugly_input_on_the_passkey_endpoints_is_a_client_error() {
     let response = second_step(&app, &token, &mut key.token).await;
     signed_in_as(&app, response, &ada_id, "second step").await;
 }
+
+/// `DELETE /passkeys/{id}` without a password, from the session `access_token` signs in.
+async fn remove_without_password(app: &TestApp, access_token: &str, id: &str) -> Response {
+    app.client
+        .delete(app.url(&format!("{PASSKEYS}/{id}")))
+        .bearer_auth(access_token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_passkey_sign_in_of_the_last_five_minutes_stands_in_for_the_password() {
+    let app = TestApp::spawn().await;
+    let owner = app.signed_in().await;
+    let user_id = app.current_user_id(&owner.access).await;
+    let (mut laptop, _) = add_passkey(&app, &owner.access, Some("Laptop")).await;
+    let (phone, _) = add_passkey(&app, &owner.access, Some("Phone")).await;
+    let (tablet, _) = add_passkey(&app, &owner.access, Some("Tablet")).await;
+
+    // A session signed in with the password must give it.
+    let fields =
+        invalid_fields(remove_without_password(&app, &owner.access, &phone.id).await).await;
+    assert_eq!(fields, ["current_password"]);
+    assert_eq!(list(&app, &owner.access).await.len(), 3);
+
+    // A session signed in with a passkey alone, within 5 minutes, need not.
+    let fresh = signed_in_as(
+        &app,
+        sign_in_alone(&app, &mut laptop, &user_id).await,
+        &user_id,
+        "passkey alone",
+    )
+    .await;
+    app.clock.advance_secs(290);
+    let response = remove_without_password(&app, &fresh.access, &phone.id).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(list(&app, &owner.access).await.len(), 2);
+
+    // Past 5 minutes since that sign-in, the password is needed again; it still works.
+    app.clock.advance_secs(20);
+    let fields =
+        invalid_fields(remove_without_password(&app, &fresh.access, &tablet.id).await).await;
+    assert_eq!(fields, ["current_password"]);
+    let response = remove(&app, &fresh.access, &tablet.id, PASSWORD).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(list(&app, &owner.access).await.len(), 1);
+}
