@@ -23,7 +23,8 @@ pub struct ApiJson<T>(pub T);
 /// top-level field (`password`), a JSON pointer for a nested one (`/credential/response`),
 /// `body` for the body as a whole.
 fn field_error<E: std::fmt::Display>(err: &serde_path_to_error::Error<E>) -> (String, String) {
-    // Every body is an object: one read as a sequence (an array) is wrong as a whole.
+    // Every body is an object: one read as a sequence (an array) is wrong as a whole (form
+    // bodies reach here; JSON ones are refused before).
     if let Some(serde_path_to_error::Segment::Seq { .. }) = err.path().iter().next() {
         return ("body".to_owned(), "must be a JSON object".to_owned());
     }
@@ -100,10 +101,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        axum::Json::<T>::from_request(req, state)
+        let axum::Json(body) = axum::Json::<serde_json::Value>::from_request(req, state)
             .await
-            .map(|axum::Json(value)| Self(value))
-            .map_err(json_rejection)
+            .map_err(json_rejection)?;
+        // Every body is an object. serde also reads a struct from an array of its fields in
+        // order (`["ada@example.com"]`), which no client means: refuse it before that.
+        if !body.is_object() {
+            return Err(ApiError::validation("body", "must be a JSON object"));
+        }
+        serde_path_to_error::deserialize(body)
+            .map(Self)
+            .map_err(|e| {
+                let (field, message) = field_error(&e);
+                ApiError::validation(&field, message)
+            })
     }
 }
 

@@ -152,6 +152,11 @@ async fn wrong_types_missing_and_unknown_fields_are_422_naming_the_field() {
             (wrong_type, vec![first_key.clone()]),
             (unknown, vec!["is_admin".to_owned()]),
             (json!([1, 2, 3]), vec!["body".to_owned()]),
+            // An array of the fields' values in order, which serde would read as the struct.
+            (
+                Value::Array(example.as_object().unwrap().values().cloned().collect()),
+                vec!["body".to_owned()],
+            ),
             (json!("a string"), vec!["body".to_owned()]),
             (json!(null), vec!["body".to_owned()]),
         ];
