@@ -229,6 +229,18 @@ pub(crate) async fn all_at_once(
     answers
 }
 
+/// Exactly one of `answers` is a 200; the rest are 401s.
+pub(crate) fn signed_in_once(answers: &[(StatusCode, Option<String>)], what: &str) {
+    let signed_in = answers.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    assert_eq!(signed_in, 1, "{what}: {answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(s, _)| *s == StatusCode::OK || *s == StatusCode::UNAUTHORIZED),
+        "{what}: {answers:?}"
+    );
+}
+
 /// The lockout's burst (`DT_USERS_RATE_LIMIT_LOGIN_ACCOUNT`, default `10/90/3600`).
 pub(crate) const LOCKOUT_BURST: usize = 10;
 

@@ -31,7 +31,8 @@ use webauthn_rs::prelude::{CreationChallengeResponse, RequestChallengeResponse, 
 
 use crate::backends::on_both_backends;
 use crate::helpers::{PASSWORD, TestApp, Tokens, assert_problem, invalid_fields};
-use crate::in_flight::all_at_once;
+use crate::in_flight::{all_at_once, signed_in_once};
+use crate::two_factor::{amr, current_user, next_code, outbox, post_auth, send_json};
 
 /// The origin the test app allows (its public URL), and its relying-party id.
 const ORIGIN: &str = "http://localhost:8000";
@@ -299,16 +300,6 @@ impl HandKey {
 // Requests
 // ---------------------------------------------------------------------------------------------
 
-async fn post_auth(app: &TestApp, path: &str, access_token: &str, body: &Value) -> Response {
-    app.client
-        .post(app.url(path))
-        .bearer_auth(access_token)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// A POST without a body, as a bearer of `access_token` (if any).
 async fn post_empty(app: &TestApp, path: &str, access_token: Option<&str>) -> Response {
     let request = app.client.post(app.url(path));
@@ -468,18 +459,6 @@ async fn sign_in_alone(app: &TestApp, key: &mut Key, user_id: &str) -> Response 
     passkey_sign_in(app, &challenge_id, &assertion).await
 }
 
-/// The `amr` claim of an access token.
-fn amr(access_token: &str) -> Vec<String> {
-    let payload = access_token.split('.').nth(1).unwrap();
-    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
-    claims["amr"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no amr in {claims}"))
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// The token pair of a 200 (which no cache may keep), checked to sign in `user_id`.
 async fn signed_in_as(app: &TestApp, response: Response, user_id: &str, what: &str) -> Tokens {
     let pair = ok_no_store(response, what).await;
@@ -487,27 +466,6 @@ async fn signed_in_as(app: &TestApp, response: Response, user_id: &str, what: &s
     let tokens = Tokens::from(pair);
     assert_eq!(app.current_user_id(&tokens.access).await, user_id, "{what}");
     tokens
-}
-
-async fn current_user(app: &TestApp, access_token: &str) -> Value {
-    let response = app.get_auth("/api/v1/users/current", access_token).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.unwrap()
-}
-
-/// The payloads of the outbox rows `name` of `user_id`, oldest first.
-async fn outbox(app: &TestApp, user_id: &str, name: &str) -> Vec<Value> {
-    let mut conn = app.db().await;
-    let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT payload FROM outbox WHERE user_id = ? AND name = ? ORDER BY seq")
-            .bind(user_id.to_owned())
-            .bind(name.to_owned())
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
-    rows.into_iter()
-        .map(|(payload,)| serde_json::from_str(&payload).unwrap())
-        .collect()
 }
 
 /// Rows of `user_id` in `table`.
@@ -599,22 +557,6 @@ async fn refused(response: Response, what: &str) -> Value {
 }
 
 // TOTP, for the tests of both second factors together.
-
-const STEP_MS: i64 = 30_000;
-
-/// Moves the app's clock to the start of the next TOTP step.
-fn fresh_step(app: &TestApp) {
-    let into_step = app.app.now().as_millis().rem_euclid(STEP_MS);
-    app.clock.advance_secs((STEP_MS - into_step + 999) / 1000);
-}
-
-/// A fresh step's code: newer than any accepted before.
-fn next_code(app: &TestApp, secret: &TotpSecret) -> String {
-    fresh_step(app);
-    secret
-        .code_at_step(TotpSecret::step_of(app.app.now()))
-        .unwrap()
-}
 
 /// Sets an authenticator app up for the account; its secret and the confirmation's
 /// `recovery_codes`.
@@ -1924,18 +1866,6 @@ async fn a_passkey_that_does_not_verify_the_user_is_refused() {
 // Races, each for several rounds
 // ---------------------------------------------------------------------------------------------
 
-/// Exactly one of `answers` is a 200; the rest are 401s.
-fn signed_in_once(answers: &[(StatusCode, Option<String>)], what: &str) {
-    let signed_in = answers.iter().filter(|(s, _)| *s == StatusCode::OK).count();
-    assert_eq!(signed_in, 1, "{what}: {answers:?}");
-    assert!(
-        answers
-            .iter()
-            .all(|(s, _)| *s == StatusCode::OK || *s == StatusCode::UNAUTHORIZED),
-        "{what}: {answers:?}"
-    );
-}
-
 /// The two kinds of authenticator a race is run with: the soft token, whose counter alone
 /// would refuse the copies of its assertion, and a key without a counter, whose copies only
 /// the one use of the ceremony can refuse.
@@ -2153,23 +2083,6 @@ async fn the_export_lists_passkeys_without_their_keys() {
 // Ugly input
 // ---------------------------------------------------------------------------------------------
 
-async fn send_raw(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    access_token: &str,
-    body: Vec<u8>,
-) -> Response {
-    app.client
-        .request(method, app.url(path))
-        .bearer_auth(access_token)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 fn random_b64(len: usize) -> String {
     let mut bytes = vec![0_u8; len];
     rand::fill(&mut bytes[..]);
@@ -2317,7 +2230,7 @@ async fn ugly_input_on_the_passkey_endpoints_is_a_client_error() {
             b"null",
         ] {
             let what = format!("{method} {path} {:?}", String::from_utf8_lossy(body));
-            let response = send_raw(&app, method.clone(), path, &ada.access, body.to_vec()).await;
+            let response = send_json(&app, method.clone(), path, &ada.access, body.to_vec()).await;
             assert_client_problem(response, &what).await;
         }
         let fields: Vec<String> = example.as_object().unwrap().keys().cloned().collect();
@@ -2333,7 +2246,7 @@ async fn ugly_input_on_the_passkey_endpoints_is_a_client_error() {
                 let mut body = example.clone();
                 body[field] = wrong;
                 let what = format!("{method} {path} {field}: {}", body[field]);
-                let response = send_raw(
+                let response = send_json(
                     &app,
                     method.clone(),
                     path,
@@ -2346,7 +2259,7 @@ async fn ugly_input_on_the_passkey_endpoints_is_a_client_error() {
         }
         let mut unknown = example.clone();
         unknown["is_admin"] = json!(true);
-        let response = send_raw(
+        let response = send_json(
             &app,
             method.clone(),
             path,
@@ -2358,7 +2271,7 @@ async fn ugly_input_on_the_passkey_endpoints_is_a_client_error() {
         // 70 KB.
         let mut huge = example.clone();
         huge[&fields[0]] = json!("1".repeat(70 * 1024));
-        let response = send_raw(
+        let response = send_json(
             &app,
             method.clone(),
             path,

@@ -38,7 +38,7 @@ fn json_endpoints() -> Vec<(Method, &'static str, Value)> {
     ]
 }
 
-async fn send_raw(
+pub(crate) async fn send_raw(
     app: &TestApp,
     method: Method,
     path: &str,
