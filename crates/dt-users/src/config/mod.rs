@@ -3,13 +3,15 @@
 //! [`Config`] the service runs on. A value that cannot be used stops the process with a
 //! message naming its variable.
 
+mod mfa;
 mod redis;
 mod typed;
 
+pub use mfa::MfaConfig;
 pub use typed::{
     CommandsConfig, Config, ConfigError, DatabaseConfig, DeletionConfig, EmailConfig,
-    HashingConfig, HttpConfig, JobsConfig, KafkaSettings, LimitsConfig, LogFormat, MfaConfig,
-    RedisConfig, RedisServers, TokenConfig,
+    HashingConfig, HttpConfig, JobsConfig, KafkaSettings, LimitsConfig, LogFormat, RedisConfig,
+    RedisServers, TokenConfig,
 };
 
 use std::path::PathBuf;

@@ -12,6 +12,7 @@ use secrecy::SecretString;
 use url::Url;
 
 use super::Settings;
+use super::mfa::{MfaConfig, mfa_config};
 use super::redis::{REDIS_SCHEMES, redis_config, url_list};
 pub use super::redis::{RedisConfig, RedisServers};
 use crate::security::access_token::MAX_LEEWAY_SECS;
@@ -170,19 +171,6 @@ pub struct HashingConfig {
     pub queue: usize,
 }
 
-/// Two-factor sign-in.
-#[derive(Debug, Clone)]
-pub struct MfaConfig {
-    /// The keys that seal TOTP secrets; `None`: the embedded default's generated key.
-    pub encryption_keys: Option<SecretString>,
-    /// The issuer authenticator apps show, and the name passkey prompts show.
-    pub totp_issuer: String,
-    /// The relying-party id passkeys are bound to.
-    pub webauthn_rp_id: String,
-    /// The origins passkey ceremonies may come from; each is the relying-party id or below it.
-    pub webauthn_origins: Vec<Url>,
-}
-
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub trusted_proxies: TrustedProxies,
@@ -229,55 +217,7 @@ fn quota(field: &str, text: &str) -> Result<Quota, ConfigError> {
     Quota::parse(text).map_err(|e| ConfigError::new(field, e))
 }
 
-/// The relying-party id and the origins of passkeys: as configured, or from the public URL. The
-/// id must be a domain (browsers refuse IP addresses), and every origin the id or a name below it.
-fn webauthn_config(s: &Settings, public_url: &Url) -> Result<(String, Vec<Url>), ConfigError> {
-    let rp_id = match present(s.webauthn_rp_id.as_deref()) {
-        Some(id) => id.to_ascii_lowercase(),
-        None => public_url.domain().map(str::to_ascii_lowercase).ok_or_else(|| {
-            ConfigError::new(
-                "webauthn_rp_id",
-                "DT_USERS_PUBLIC_URL has no domain name (an IP address cannot be a relying-party id): set DT_USERS_WEBAUTHN_RP_ID",
-            )
-        })?,
-    };
-    if rp_id.parse::<std::net::IpAddr>().is_ok() || rp_id.contains(['/', ':']) {
-        return Err(ConfigError::new(
-            "webauthn_rp_id",
-            "must be a domain name, e.g. devtalk.example",
-        ));
-    }
-    let origins = if s.webauthn_origins.trim().is_empty() {
-        vec![public_url.clone()]
-    } else {
-        s.webauthn_origins
-            .split(',')
-            .map(|o| url("webauthn_origins", o))
-            .collect::<Result<Vec<_>, _>>()?
-    };
-    let mut allowed = Vec::with_capacity(origins.len());
-    for origin in origins {
-        let host = origin
-            .domain()
-            .map(str::to_ascii_lowercase)
-            .unwrap_or_default();
-        if host != rp_id && !host.ends_with(&format!(".{rp_id}")) {
-            return Err(ConfigError::new(
-                "webauthn_origins",
-                format!("{origin} is not on {rp_id} or a name below it"),
-            ));
-        }
-        // An origin is scheme, host and port: a path would never match a browser's.
-        let mut bare = origin;
-        bare.set_path("");
-        bare.set_query(None);
-        bare.set_fragment(None);
-        allowed.push(bare);
-    }
-    Ok((rp_id, allowed))
-}
-
-fn url(field: &str, text: &str) -> Result<Url, ConfigError> {
+pub(super) fn url(field: &str, text: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(text.trim()).map_err(|e| ConfigError::new(field, format!("{e}")))?;
     match url.scheme() {
         "http" | "https" => Ok(url),
@@ -359,21 +299,8 @@ impl Settings {
             token_ttl: at_least_one_second("email_token_ttl", s.email_token_ttl)?,
             token_secrets: s.email_token_secrets.clone(),
         };
-        let issuer = s.totp_issuer.trim();
-        if issuer.is_empty() || issuer.contains(':') {
-            return Err(ConfigError::new(
-                "totp_issuer",
-                "must be a name without a colon (authenticator apps split on it)",
-            ));
-        }
         let public_url = url("public_url", &s.public_url)?;
-        let (webauthn_rp_id, webauthn_origins) = webauthn_config(s, &public_url)?;
-        let mfa = MfaConfig {
-            encryption_keys: s.mfa_encryption_key.clone(),
-            totp_issuer: issuer.to_owned(),
-            webauthn_rp_id,
-            webauthn_origins,
-        };
+        let mfa = mfa_config(s, &public_url)?;
         let backoff = Duration::from_millis(s.job_backoff_ms.max(1));
         if url_list(s.jobs_url.as_deref().unwrap_or_default()).len() > 1 {
             return Err(ConfigError::new(
