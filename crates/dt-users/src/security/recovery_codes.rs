@@ -4,7 +4,7 @@
 //! base32, grouped by four; case and separators are ignored, and the look-alikes `o`, `i` and
 //! `l` are read as `0` and `1`.
 
-use sha2::{Digest, Sha256};
+use super::secret_token::hash_secret;
 
 /// Codes made at a time.
 pub const COUNT: usize = 10;
@@ -52,12 +52,7 @@ fn normalize(code: &str) -> Option<String> {
 /// code.
 pub fn hash(code: &str) -> Option<String> {
     let normal = normalize(code)?;
-    Some(
-        Sha256::digest(normal.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-    )
+    Some(hash_secret(&normal))
 }
 
 #[cfg(test)]

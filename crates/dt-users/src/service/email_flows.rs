@@ -151,10 +151,7 @@ impl App {
         )
         .await?;
         transact!(self, |tx| {
-            let user = store::lock_user(tx, subject.user_id, self.db.dialect())
-                .await?
-                .filter(|u| u.status == AccountStatus::Active)
-                .ok_or(ServiceError::SessionRevoked)?;
+            let user = self.lock_active(tx, subject.user_id).await?;
             if !user.email_verified {
                 store::revoke_email_tokens(tx, user.id, TokenPurpose::VerifyEmail, self.now())
                     .await?;

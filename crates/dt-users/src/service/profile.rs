@@ -2,8 +2,8 @@
 //! password change.
 
 use dt_users_domain::{
-    AccountStatus, AvatarUrl, Bio, DisplayName, Email, Event, FieldError, FieldErrors, NewPassword,
-    PasswordRules, User, Username,
+    AvatarUrl, Bio, DisplayName, Email, Event, FieldError, FieldErrors, NewPassword, PasswordRules,
+    User, Username,
 };
 use dt_users_store::{self as store, AnyConnection};
 use secrecy::{ExposeSecret, SecretString};
@@ -189,10 +189,7 @@ impl App {
         // one account never overwrite each other's fields.
         let password_changed = new_password_hash.is_some();
         let user = transact!(self, |tx| {
-            let mut user = store::lock_user(tx, user.id, self.db.dialect())
-                .await?
-                .filter(|u| u.status == AccountStatus::Active)
-                .ok_or(ServiceError::SessionRevoked)?;
+            let mut user = self.lock_active(tx, user.id).await?;
             let before = user.clone();
             let applied = patch.apply(&mut user, new_password_hash.as_ref());
             if applied.pending_change_dropped {
