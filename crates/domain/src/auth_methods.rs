@@ -17,10 +17,15 @@ impl AuthMethods {
     pub const SOFTWARE_KEY: Self = Self(1 << 3);
     /// The authenticator verified the user (a PIN or a biometric) as well (`user`).
     pub const USER_VERIFIED: Self = Self(1 << 4);
+    /// An identity provider (GitHub, an OpenID Connect provider) vouched for the user (`fed`,
+    /// a federated assertion, as Microsoft's identity platform names it; RFC 8176 has no
+    /// value for it).
+    pub const FEDERATED: Self = Self(1 << 5);
 
     /// Every method, with its RFC 8176 name, in the order they are listed.
-    const NAMES: [(Self, &'static str); 5] = [
+    const NAMES: [(Self, &'static str); 6] = [
         (Self::PASSWORD, "pwd"),
+        (Self::FEDERATED, "fed"),
         (Self::ONE_TIME_CODE, "otp"),
         (Self::HARDWARE_KEY, "hwk"),
         (Self::SOFTWARE_KEY, "swk"),
@@ -122,6 +127,17 @@ mod tests {
     }
 
     #[test]
+    fn a_provider_sign_in_is_one_factor_and_a_code_makes_two() {
+        assert_eq!(AuthMethods::FEDERATED.values(), ["fed"]);
+        assert_eq!(
+            AuthMethods::FEDERATED
+                .with(AuthMethods::ONE_TIME_CODE)
+                .values(),
+            ["fed", "otp", "mfa"]
+        );
+    }
+
+    #[test]
     fn the_stored_form_reads_back() {
         for set in [
             AuthMethods::PASSWORD,
@@ -129,6 +145,7 @@ mod tests {
             AuthMethods::PASSWORD.with(AuthMethods::ONE_TIME_CODE),
             AuthMethods::PASSWORD.with(AuthMethods::passkey(true)),
             AuthMethods::passkey(false),
+            AuthMethods::FEDERATED.with(AuthMethods::ONE_TIME_CODE),
         ] {
             assert_eq!(AuthMethods::decode(&set.encode()), set);
         }

@@ -44,7 +44,9 @@ pub struct User {
     pub display_name: Option<String>,
     pub bio: Option<String>,
     pub avatar_url: Option<String>,
-    pub password_hash: String,
+    /// `None`: the account was made by signing in with a provider and has no password until
+    /// its owner sets one by a reset.
+    pub password_hash: Option<String>,
     pub status: AccountStatus,
     /// Banned by moderation. Kept through a deletion: a banned account that is deleted and
     /// restored is banned again (`status` is `Banned` exactly when banned and not deleted).
@@ -199,7 +201,7 @@ pub(crate) mod tests {
             display_name: Some("Ada".into()),
             bio: None,
             avatar_url: None,
-            password_hash: "$argon2id$hash".into(),
+            password_hash: Some("$argon2id$hash".into()),
             status: AccountStatus::Active,
             banned: false,
             created_at: NOW,

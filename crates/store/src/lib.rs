@@ -8,6 +8,7 @@ mod coordination;
 mod db;
 mod email_tokens;
 mod error;
+mod identities;
 mod mfa;
 mod migrations;
 mod outbox;
@@ -25,6 +26,11 @@ pub use email_tokens::{
     revoke_email_tokens_except, revoke_email_tokens_sent_to, use_email_token,
 };
 pub use error::{Conflict, StoreError};
+pub use identities::{
+    IdentityRecord, LoginCode, OAuthFlow, delete_identity, delete_stale_oauth, erase_identities,
+    identities_of, identity_by_subject, identity_count, insert_identity, insert_login_code,
+    insert_oauth_flow, record_identity_use, take_login_code, take_oauth_flow,
+};
 pub use mfa::{
     MfaChallenge, TotpRecord, accept_totp_step, confirm_totp, delete_recovery_codes,
     delete_stale_mfa_challenges, delete_totp, erase_mfa, insert_mfa_challenge, live_mfa_challenge,

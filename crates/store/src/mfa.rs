@@ -26,13 +26,16 @@ pub struct TotpRecord {
     pub last_step: Option<i64>,
 }
 
-/// A live challenge: the second step of a sign-in whose password was correct.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A live challenge: the second step of a sign-in whose first step (a password, or a
+/// provider) succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MfaChallenge {
     pub user_id: Uuid,
-    /// The user's revocation epoch as read before the password was checked; the session is
+    /// The user's revocation epoch as read before the first step was checked; the session is
     /// only created if it has not moved since.
     pub epoch: u64,
+    /// The `amr` methods of the first step, space-separated (`pwd` after a password).
+    pub first_methods: String,
 }
 
 pub async fn totp_of(
@@ -215,11 +218,15 @@ pub async fn recovery_codes_left(
     u64::try_from(codes).map_err(|e| StoreError::Corrupt(format!("recovery codes {codes}: {e}")))
 }
 
+/// Stores a challenge for the second step of a sign-in, under the SHA-256 of its token:
+/// `epoch` is the user's revocation epoch as read before the first step was checked, and
+/// `first_methods` the `amr` methods of that step, space-separated (`pwd` after a password).
 pub async fn insert_mfa_challenge(
     conn: &mut AnyConnection,
     token_hash: &str,
     user_id: Uuid,
     epoch: u64,
+    first_methods: &str,
     now: Timestamp,
     expires_at: Timestamp,
 ) -> Result<(), StoreError> {
@@ -227,12 +234,13 @@ pub async fn insert_mfa_challenge(
     let epoch = i64::try_from(epoch)
         .map_err(|e| StoreError::Corrupt(format!("revocation epoch {epoch}: {e}")))?;
     sqlx::query(
-        "INSERT INTO mfa_challenges (token_hash, user_id, epoch, created_at, expires_at) \
-         VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO mfa_challenges (token_hash, user_id, epoch, first_methods, created_at, \
+         expires_at) VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(token_hash.to_owned())
     .bind(user_id.to_string())
     .bind(epoch)
+    .bind(first_methods.to_owned())
     .bind(now.as_millis())
     .bind(expires_at.as_millis())
     .execute(conn)
@@ -247,7 +255,7 @@ pub async fn live_mfa_challenge(
     now: Timestamp,
 ) -> Result<Option<MfaChallenge>, StoreError> {
     let row = sqlx::query(
-        "SELECT user_id, epoch FROM mfa_challenges \
+        "SELECT user_id, epoch, first_methods FROM mfa_challenges \
          WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?",
     )
     .bind(token_hash.to_owned())
@@ -276,10 +284,12 @@ pub async fn use_mfa_challenge(
     if used.rows_affected() != 1 {
         return Ok(None);
     }
-    let row = sqlx::query("SELECT user_id, epoch FROM mfa_challenges WHERE token_hash = ?")
-        .bind(token_hash.to_owned())
-        .fetch_one(conn)
-        .await?;
+    let row = sqlx::query(
+        "SELECT user_id, epoch, first_methods FROM mfa_challenges WHERE token_hash = ?",
+    )
+    .bind(token_hash.to_owned())
+    .fetch_one(conn)
+    .await?;
     challenge_from_row(&row).map(Some)
 }
 
@@ -320,5 +330,6 @@ fn challenge_from_row(row: &AnyRow) -> Result<MfaChallenge, StoreError> {
         user_id: Uuid::parse_str(&user_id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         epoch: u64::try_from(epoch)
             .map_err(|e| StoreError::Corrupt(format!("challenge epoch {epoch}: {e}")))?,
+        first_methods: row.try_get("first_methods")?,
     })
 }

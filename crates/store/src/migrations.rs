@@ -49,6 +49,11 @@ const MYSQL: Embedded = &[
         "passkeys",
         include_str!("../migrations/mysql/0008_passkeys.sql"),
     ),
+    (
+        9,
+        "social sign-in",
+        include_str!("../migrations/mysql/0009_social_sign_in.sql"),
+    ),
 ];
 
 const SQLITE: Embedded = &[
@@ -91,6 +96,11 @@ const SQLITE: Embedded = &[
         8,
         "passkeys",
         include_str!("../migrations/sqlite/0008_passkeys.sql"),
+    ),
+    (
+        9,
+        "social sign-in",
+        include_str!("../migrations/sqlite/0009_social_sign_in.sql"),
     ),
 ];
 

@@ -5,6 +5,9 @@ use uuid::Uuid;
 
 use crate::StoreError;
 
+/// An account without a password (made by signing in with a provider) stores an empty
+/// `password_hash`, read as `None`: the column stays NOT NULL on every dialect.
+///
 /// `second_factors` is derived, not a column: an account has a second factor exactly when a
 /// confirmed authenticator or a passkey exists, so the flag cannot drift from the rows that
 /// decide it.
@@ -44,7 +47,8 @@ fn user_from_row(row: &AnyRow) -> Result<User, StoreError> {
         display_name: row.try_get("display_name")?,
         bio: row.try_get("bio")?,
         avatar_url: row.try_get("avatar_url")?,
-        password_hash: row.try_get("password_hash")?,
+        password_hash: Some(row.try_get::<String, _>("password_hash")?)
+            .filter(|hash| !hash.is_empty()),
         status: AccountStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("user {id}: status {status}")))?,
         banned: banned != 0,
@@ -86,7 +90,7 @@ pub async fn insert_user(conn: &mut AnyConnection, user: &User) -> Result<(), St
         .bind(user.display_name.clone())
         .bind(user.bio.clone())
         .bind(user.avatar_url.clone())
-        .bind(user.password_hash.clone())
+        .bind(user.password_hash.clone().unwrap_or_default())
         .bind(user.status.as_str())
         .bind(i16::from(user.banned))
         .bind(user.created_at.as_millis())
@@ -110,7 +114,7 @@ pub async fn update_user(conn: &mut AnyConnection, user: &User) -> Result<(), St
         .bind(user.display_name.clone())
         .bind(user.bio.clone())
         .bind(user.avatar_url.clone())
-        .bind(user.password_hash.clone())
+        .bind(user.password_hash.clone().unwrap_or_default())
         .bind(user.status.as_str())
         .bind(i16::from(user.banned))
         .bind(user.updated_at.as_millis())
@@ -144,7 +148,7 @@ pub async fn sample_password_hashes(
     conn: &mut AnyConnection,
     limit: i64,
 ) -> Result<Vec<String>, StoreError> {
-    let rows = sqlx::query("SELECT password_hash FROM users LIMIT ?")
+    let rows = sqlx::query("SELECT password_hash FROM users WHERE password_hash <> '' LIMIT ?")
         .bind(limit)
         .fetch_all(conn)
         .await?;
@@ -218,6 +222,7 @@ pub async fn due_for_purge(
 pub async fn erase_user(conn: &mut AnyConnection, id: Uuid) -> Result<(), StoreError> {
     crate::mfa::erase_mfa(&mut *conn, id).await?;
     crate::passkeys::erase_passkeys(&mut *conn, id).await?;
+    crate::identities::erase_identities(&mut *conn, id).await?;
     let id = id.to_string();
     sqlx::query("DELETE FROM email_tokens WHERE user_id = ?")
         .bind(id.clone())
