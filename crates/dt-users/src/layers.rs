@@ -10,11 +10,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("runner", &[]),
     ("sessions", &[]),
     ("email", &[]),
+    ("federation", &[]),
     ("security", &["sessions"]),
     ("config", &["security"]),
     ("telemetry", &["config"]),
     // The use-cases: they know nothing of HTTP, Kafka, the job queue or the settings.
-    ("service", &["runner", "security", "sessions", "email"]),
+    (
+        "service",
+        &["runner", "security", "sessions", "email", "federation"],
+    ),
     // The relays, the worker, beat and the consumer: given what they use, never the use-cases.
     ("events", &["config", "runner"]),
     ("jobs", &["config", "runner", "email", "security"]),

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod email;
 pub mod events;
+pub mod federation;
 pub mod health;
 pub mod http;
 pub mod jobs;

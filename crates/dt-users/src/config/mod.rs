@@ -4,10 +4,12 @@
 //! message naming its variable.
 
 mod mfa;
+mod oauth;
 mod redis;
 mod typed;
 
 pub use mfa::MfaConfig;
+pub use oauth::{GITHUB, GitHubConfig, OAuthConfig, OidcConfig, OidcSettings, oidc_variable};
 pub use typed::{
     CommandsConfig, Config, ConfigError, DatabaseConfig, DeletionConfig, EmailConfig,
     HashingConfig, HttpConfig, JobsConfig, KafkaSettings, LimitsConfig, LogFormat, RedisConfig,
@@ -88,6 +90,26 @@ pub struct Settings {
     /// Comma-separated origins (`https://devtalk.example`) passkey ceremonies may come from;
     /// empty: the origin of `public_url`.
     pub webauthn_origins: String,
+    /// Comma-separated `redirect_uri` values the web apps may send users back to after a
+    /// provider sign-in, compared exactly; empty: provider sign-in refused.
+    pub oauth_redirect_uris: String,
+    /// This service's own external base URL: provider callbacks come to
+    /// `{api_url}/api/v1/auth/oauth/{provider}/callback`.
+    pub api_url: String,
+    /// The GitHub OAuth app's client id; with the secret, provider `github` is on.
+    pub github_client_id: Option<String>,
+    #[serde(skip_serializing)]
+    pub github_client_secret: Option<SecretString>,
+    /// GitHub's web base URL (GitHub Enterprise: the server's).
+    pub github_url: String,
+    /// GitHub's REST API base URL (GitHub Enterprise: `https://HOST/api/v3`).
+    pub github_api_url: String,
+    /// Comma-separated names of OpenID Connect providers, each set up by
+    /// `DT_USERS_OIDC_<NAME>_ISSUER`, `_CLIENT_ID`, `_CLIENT_SECRET` and `_SCOPES`.
+    pub oidc_providers: String,
+    /// The providers `oidc_providers` names, read from their own variables.
+    #[serde(skip)]
+    pub oidc: Vec<OidcSettings>,
     /// The job queue (the URL of one Redis server, not a cluster); unset: a SQLite file under
     /// `data_dir`.
     pub jobs_url: Option<String>,
@@ -251,6 +273,14 @@ impl Default for Settings {
             totp_issuer: "Dev Talk".into(),
             webauthn_rp_id: None,
             webauthn_origins: String::new(),
+            oauth_redirect_uris: String::new(),
+            api_url: "http://localhost:8000".into(),
+            github_client_id: None,
+            github_client_secret: None,
+            github_url: "https://github.com".into(),
+            github_api_url: "https://api.github.com".into(),
+            oidc_providers: String::new(),
+            oidc: Vec::new(),
             jobs_url: None,
             jobs_namespace: "dt-users:jobs".into(),
             worker_concurrency: 16,
@@ -329,6 +359,7 @@ impl Settings {
             .extract()
             .map_err(Box::new)?;
         settings.kafka_properties = kafka_properties(std::env::vars());
+        settings.oidc = oauth::oidc_settings(&settings.oidc_providers, std::env::vars());
         Ok(settings)
     }
 }

@@ -13,6 +13,7 @@ use url::Url;
 
 use super::Settings;
 use super::mfa::{MfaConfig, mfa_config};
+use super::oauth::{OAuthConfig, oauth_config};
 use super::redis::{REDIS_SCHEMES, redis_config, url_list};
 pub use super::redis::{RedisConfig, RedisServers};
 use crate::security::access_token::MAX_LEEWAY_SECS;
@@ -64,6 +65,7 @@ pub struct Config {
     pub hashing: HashingConfig,
     pub http: HttpConfig,
     pub mfa: MfaConfig,
+    pub oauth: OAuthConfig,
     pub log_format: LogFormat,
 }
 
@@ -301,6 +303,7 @@ impl Settings {
         };
         let public_url = url("public_url", &s.public_url)?;
         let mfa = mfa_config(s, &public_url)?;
+        let oauth = oauth_config(s)?;
         let backoff = Duration::from_millis(s.job_backoff_ms.max(1));
         if url_list(s.jobs_url.as_deref().unwrap_or_default()).len() > 1 {
             return Err(ConfigError::new(
@@ -458,6 +461,7 @@ impl Settings {
             hashing,
             http,
             mfa,
+            oauth,
             log_format,
         })
     }

@@ -17,9 +17,10 @@ use super::views::{SessionView, UserView};
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteAccountRequest {
-    /// The current password, to confirm.
-    #[schema(value_type = String)]
-    pub password: SecretString,
+    /// The current password, to confirm. Not needed from a session that signed in in the last
+    /// 5 minutes with a passkey (or, for an account without a password, with a provider).
+    #[schema(value_type = Option<String>)]
+    pub password: Option<SecretString>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -49,7 +50,7 @@ pub async fn delete(
     ApiJson(body): ApiJson<DeleteAccountRequest>,
 ) -> Result<Response, ApiError> {
     let restore_until = app
-        .delete_account(subject, body.password.expose_secret())
+        .delete_account(subject, body.password.as_ref().map(|p| p.expose_secret()))
         .await?;
     let body = Deleted {
         status: "deleted",

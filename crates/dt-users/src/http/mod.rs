@@ -6,6 +6,7 @@ mod email;
 pub mod extract;
 mod meta;
 mod middleware;
+mod oauth;
 mod passkeys;
 pub mod problem;
 mod two_factor;
@@ -191,6 +192,12 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(passkeys::registration_options))
         .routes(routes!(passkeys::add, passkeys::list))
         .routes(routes!(passkeys::remove))
+        .routes(routes!(oauth::authorize))
+        .routes(routes!(oauth::callback))
+        .routes(routes!(oauth::exchange))
+        .routes(routes!(oauth::list))
+        .routes(routes!(oauth::link))
+        .routes(routes!(oauth::unlink))
         .routes(routes!(email::verify))
         .routes(routes!(email::request_verification))
         .routes(routes!(email::forgot))
@@ -242,7 +249,9 @@ fn cors_layer(origins: &[HeaderValue]) -> Option<tower_http::cors::CorsLayer> {
                 HeaderName::from_static("ratelimit"),
                 HeaderName::from_static("ratelimit-policy"),
             ])
-            .max_age(Duration::from_secs(600)),
+            .max_age(Duration::from_secs(600))
+            // Linking a provider sets the cookie that binds its flow to the browser.
+            .allow_credentials(true),
     )
 }
 

@@ -291,6 +291,26 @@ impl From<ServiceError> for ApiError {
                 error
             }
             ServiceError::NotFound => Self::new(S::NOT_FOUND, "not_found", "Not found"),
+            ServiceError::InvalidRedirectUri => {
+                Self::new(S::BAD_REQUEST, "invalid_redirect_uri", "Redirect URI not allowed")
+                    .detail("redirect_uri must be one of the configured DT_USERS_OAUTH_REDIRECT_URIS, written exactly as there.")
+            }
+            ServiceError::InvalidState => {
+                Self::new(S::BAD_REQUEST, "invalid_state", "Sign-in flow not recognised")
+                    .detail("The sign-in flow is unknown, was used already, has expired, or was started in another browser: start again.")
+            }
+            ServiceError::InvalidLoginCode => {
+                Self::new(S::BAD_REQUEST, "invalid_token", "Invalid login code")
+                    .detail("The login code is unknown, used or expired: sign in again.")
+            }
+            ServiceError::AccountExists => {
+                Self::new(S::CONFLICT, "account_exists", "An account with this email exists")
+                    .detail("Sign in to that account, then link this provider from it.")
+            }
+            ServiceError::LastSignInMethod => {
+                Self::new(S::CONFLICT, "last_sign_in_method", "Last way to sign in")
+                    .detail("Set a password or add a passkey or another provider first.")
+            }
             ServiceError::Overloaded => {
                 Self::new(S::SERVICE_UNAVAILABLE, "overloaded", "Service overloaded")
                     .detail("Too many sign-ins are being checked right now; try again in a moment.")
@@ -300,7 +320,7 @@ impl From<ServiceError> for ApiError {
                     .detail("A dependency is unavailable; try again shortly.")
                     .cause(err.to_string())
             }
-            ServiceError::Internal(_) => Self::new(
+            ServiceError::Internal(_) | ServiceError::IdentityRace => Self::new(
                 S::INTERNAL_SERVER_ERROR,
                 "internal_error",
                 "Internal server error",

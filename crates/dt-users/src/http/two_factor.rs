@@ -36,8 +36,10 @@ pub struct CompleteSignInRequest {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CurrentPasswordRequest {
-    #[schema(value_type = String)]
-    pub current_password: SecretString,
+    /// Needed unless this session signed in in the last 5 minutes with a passkey (or, for an
+    /// account without a password, with a provider).
+    #[schema(value_type = Option<String>)]
+    pub current_password: Option<SecretString>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -51,8 +53,10 @@ pub struct ConfirmTotpRequest {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DisableTotpRequest {
-    #[schema(value_type = String)]
-    pub current_password: SecretString,
+    /// Needed unless this session signed in in the last 5 minutes with a passkey (or, for an
+    /// account without a password, with a provider).
+    #[schema(value_type = Option<String>)]
+    pub current_password: Option<SecretString>,
     /// A code of the authenticator app, or a recovery code.
     #[schema(value_type = String)]
     pub code: SecretString,
@@ -174,7 +178,10 @@ pub async fn start_totp(
     ApiJson(body): ApiJson<CurrentPasswordRequest>,
 ) -> Result<Response, ApiError> {
     let enrolment = app
-        .start_totp(subject, body.current_password.expose_secret())
+        .start_totp(
+            subject,
+            body.current_password.as_ref().map(|p| p.expose_secret()),
+        )
         .await?;
     let view = TotpEnrolmentView {
         secret: enrolment.secret,
@@ -226,7 +233,7 @@ pub async fn disable_totp(
 ) -> Result<StatusCode, ApiError> {
     app.disable_totp(
         subject,
-        body.current_password.expose_secret(),
+        body.current_password.as_ref().map(|p| p.expose_secret()),
         second_factor(body.code.expose_secret()),
     )
     .await?;
@@ -251,7 +258,10 @@ pub async fn regenerate_recovery_codes(
     ApiJson(body): ApiJson<CurrentPasswordRequest>,
 ) -> Result<Response, ApiError> {
     let codes = app
-        .regenerate_recovery_codes(subject, body.current_password.expose_secret())
+        .regenerate_recovery_codes(
+            subject,
+            body.current_password.as_ref().map(|p| p.expose_secret()),
+        )
         .await?;
     Ok(no_store(
         Json(RecoveryCodesView::from(Some(codes))).into_response(),

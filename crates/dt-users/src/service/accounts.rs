@@ -90,7 +90,7 @@ impl App {
             display_name: display_name.map(|d| d.as_str().to_owned()),
             bio: None,
             avatar_url: None,
-            password_hash,
+            password_hash: Some(password_hash),
             status: AccountStatus::Active,
             banned: false,
             created_at: now,

@@ -96,7 +96,8 @@ impl App {
         let mut conn = self.db.pool().acquire().await?;
         let user = store::user_by_email(&mut conn, &email_key).await?;
         drop(conn);
-        let stored = user.as_ref().map(|u| u.password_hash.clone());
+        // An account without a password gets the dummy check too, and the same answer.
+        let stored = user.as_ref().and_then(|u| u.password_hash.clone());
         let verified = self
             .check_password(&email_key, password.clone(), stored)
             .await?;
@@ -121,17 +122,18 @@ impl App {
         refuse_unless_active(&current)?;
         if current.password_hash != user.password_hash {
             // Changed meanwhile: by a new password, or by a concurrent sign-in's rehash.
-            let still = self
-                .hasher
-                .verify(password, current.password_hash.clone())
-                .await?;
-            if still == Verified::No {
+            let Some(hash) = current.password_hash.clone() else {
+                return Err(ServiceError::InvalidCredentials);
+            };
+            if self.hasher.verify(password, hash).await? == Verified::No {
                 return Err(ServiceError::InvalidCredentials);
             }
         }
 
         if current.mfa_enabled {
-            return Err(self.require_second_step(&current, epoch).await?);
+            return Err(self
+                .require_second_step(&current, epoch, AuthMethods::PASSWORD)
+                .await?);
         }
         self.open_session(user.id, epoch, AuthMethods::PASSWORD, client)
             .await?
@@ -187,9 +189,12 @@ impl App {
     /// if the stored hash is still the one that was verified, so that a password change,
     /// ban or deletion committed meanwhile is never written over.
     async fn rehash(&self, user: &User, password: SecretString) -> Result<(), ServiceError> {
+        let Some(old_hash) = &user.password_hash else {
+            return Ok(());
+        };
         let new_hash = self.hasher.hash(password).await?;
         let mut conn = self.db.pool().acquire().await?;
-        if store::replace_password_hash(&mut conn, user.id, &user.password_hash, &new_hash).await? {
+        if store::replace_password_hash(&mut conn, user.id, old_hash, &new_hash).await? {
             tracing::info!(user_id = %user.id, "password rehashed with the current parameters");
         }
         Ok(())

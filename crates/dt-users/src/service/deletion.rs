@@ -24,6 +24,8 @@ pub struct AccountExport {
     pub recovery_codes_left: u64,
     /// The passkeys (their names and dates are shown; their keys are not).
     pub passkeys: Vec<store::PasskeyRecord>,
+    /// The provider identities linked.
+    pub identities: Vec<store::IdentityRecord>,
 }
 
 impl App {
@@ -33,10 +35,11 @@ impl App {
     pub async fn delete_account(
         &self,
         subject: TokenSubject,
-        password: &str,
+        password: Option<&str>,
     ) -> Result<Timestamp, ServiceError> {
         let user = self.current_user(subject).await?;
-        self.check_current_password(&user, password).await?;
+        self.confirm_owner(&user, subject, password, "password")
+            .await?;
         let now = self.now();
         let restore_until = now.plus_secs(self.policy.deletion_grace.as_secs());
         let ended = transact!(self, |tx| {
@@ -197,6 +200,7 @@ impl App {
         let totp = store::totp_of(&mut conn, user.id).await?;
         let recovery_codes_left = store::recovery_codes_left(&mut conn, user.id).await?;
         let passkeys = store::passkeys_of(&mut conn, user.id).await?;
+        let identities = store::identities_of(&mut conn, user.id).await?;
         Ok(AccountExport {
             user,
             sessions,
@@ -205,6 +209,7 @@ impl App {
             totp,
             recovery_codes_left,
             passkeys,
+            identities,
         })
     }
 }

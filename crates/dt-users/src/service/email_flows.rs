@@ -301,7 +301,7 @@ impl App {
                         && u.email.lookup_key() == sent_to
                 })
                 .ok_or(ServiceError::InvalidEmailToken)?;
-            user.password_hash = password_hash.clone();
+            user.password_hash = Some(password_hash.clone());
             user.updated_at = self.now();
             store::update_user(tx, &user).await?;
             self.after_password_change(tx, &user, None).await?;

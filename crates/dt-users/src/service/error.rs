@@ -76,6 +76,26 @@ pub enum ServiceError {
     },
     #[error("not found")]
     NotFound,
+    /// A `redirect_uri` that is not on the allow-list (or not written as it is there).
+    #[error("the redirect_uri is not allowed")]
+    InvalidRedirectUri,
+    /// A provider callback whose `state` is unknown, used or expired, or that comes from a
+    /// browser other than the one that started the flow.
+    #[error("the sign-in flow is unknown, used, expired or from another browser")]
+    InvalidState,
+    /// A `login_code` that is unknown, used or expired.
+    #[error("the login code is invalid")]
+    InvalidLoginCode,
+    /// A provider identity whose email is an account's already: never linked by itself.
+    #[error("an account with this email exists")]
+    AccountExists,
+    /// The account's last way to sign in cannot be removed.
+    #[error("the last way to sign in cannot be removed")]
+    LastSignInMethod,
+    /// A new account's identity was linked by a concurrent request (never leaves the
+    /// use-cases).
+    #[error("the identity was linked meanwhile")]
+    IdentityRace,
     /// Password hashing is saturated: shed at once, not queued.
     #[error("password hashing is overloaded")]
     Overloaded,

@@ -15,6 +15,8 @@ pub struct SweepReport {
     pub email_tokens: u64,
     pub mfa_challenges: u64,
     pub webauthn_ceremonies: u64,
+    /// Provider sign-in flows and login codes, unfinished.
+    pub oauth_flows: u64,
     pub outbox_rows: u64,
     pub deliveries: u64,
     pub commands: u64,
@@ -24,11 +26,12 @@ pub struct SweepReport {
 
 impl SweepReport {
     /// Each count by name, for logs.
-    pub fn counts(&self) -> [(&'static str, u64); 8] {
+    pub fn counts(&self) -> [(&'static str, u64); 9] {
         [
             ("email_tokens", self.email_tokens),
             ("mfa_challenges", self.mfa_challenges),
             ("webauthn_ceremonies", self.webauthn_ceremonies),
+            ("oauth_flows", self.oauth_flows),
             ("outbox_rows", self.outbox_rows),
             ("deliveries", self.deliveries),
             ("commands", self.commands),
@@ -48,6 +51,7 @@ impl App {
         // A second step lives minutes; past its expiry it is of no use, not even to show.
         let mfa_challenges = store::delete_stale_mfa_challenges(&mut conn, now).await?;
         let webauthn_ceremonies = store::delete_stale_ceremonies(&mut conn, now).await?;
+        let oauth_flows = store::delete_stale_oauth(&mut conn, now).await?;
         let outbox_rows = store::delete_dispatched(&mut conn, cutoff).await?;
         let deliveries = store::delete_old_deliveries(&mut conn, cutoff).await?;
         let commands = store::delete_old_commands(
@@ -64,6 +68,7 @@ impl App {
             email_tokens: count(email_tokens),
             mfa_challenges: count(mfa_challenges),
             webauthn_ceremonies: count(webauthn_ceremonies),
+            oauth_flows: count(oauth_flows),
             outbox_rows: count(outbox_rows),
             deliveries: count(deliveries),
             commands: count(commands),

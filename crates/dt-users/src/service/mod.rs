@@ -9,6 +9,7 @@ mod error;
 mod events;
 mod maintenance;
 mod moderation;
+mod oauth;
 mod passkeys;
 mod password_check;
 mod profile;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use dt_users_domain::{Clock, Timestamp};
 use dt_users_store::Db;
 
+use crate::federation::Providers;
 use crate::runner::OutboxSignal;
 use crate::security::access_token::AccessTokens;
 use crate::security::email_token::EmailTokens;
@@ -39,6 +41,7 @@ pub use email_change::CancelOutcome;
 pub use error::ServiceError;
 pub use maintenance::SweepReport;
 pub use moderation::{Command, CommandOutcome};
+pub use oauth::{Callback, Exchanged, FlowStart, LOGIN_CODE_TTL_SECS};
 pub use passkeys::PasskeyChallenge;
 pub use profile::ProfilePatch;
 pub use second_step::MFA_TOKEN_TTL_SECS;
@@ -64,6 +67,8 @@ pub struct App {
     pub sealer: SecretSealer,
     /// The relying party of passkeys: runs their ceremonies.
     pub webauthn: webauthn_rs::Webauthn,
+    /// The identity providers users may sign in with.
+    pub providers: Providers,
 }
 
 /// The settings the use-cases decide by.
@@ -87,6 +92,10 @@ pub struct Policy {
     pub events_published: bool,
     /// The issuer authenticator apps show next to a TOTP code.
     pub totp_issuer: String,
+    /// Where provider sign-ins may send the browser back to, compared exactly.
+    pub oauth_redirect_uris: Vec<url::Url>,
+    /// This service's external base URL (provider callbacks come to it).
+    pub api_url: url::Url,
 }
 
 impl App {

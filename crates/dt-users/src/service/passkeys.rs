@@ -26,8 +26,6 @@ use crate::security::secret_token::{hash_secret, random_urlsafe};
 
 /// How long a ceremony waits for the authenticator's answer.
 const CEREMONY_TTL_SECS: u64 = 300;
-/// How recent a passkey sign-in stands in for the password, in milliseconds.
-const FRESH_SIGN_IN_MS: i64 = 300_000;
 /// The longest name of a passkey, in characters.
 const NAME_MAX: usize = 64;
 
@@ -226,7 +224,7 @@ impl App {
 
     /// Removes one of the caller's passkeys, with the password — or without it, from a session
     /// that signed in with a passkey in the last 5 minutes. With no second factor left, the
-    /// recovery codes go too.
+    /// recovery codes go too. An account's last way to sign in stays.
     #[tracing::instrument(skip_all, fields(user_id = %subject.user_id))]
     pub async fn remove_passkey(
         &self,
@@ -242,13 +240,20 @@ impl App {
         let Some(passkey) = owned.into_iter().find(|p| p.id == passkey_id) else {
             return Err(ServiceError::NotFound);
         };
-        match current_password {
-            Some(password) => self.check_current_password(&user, password).await?,
-            None => self.require_fresh_passkey_sign_in(subject).await?,
-        }
+        self.confirm_owner(&user, subject, current_password, "current_password")
+            .await?;
         let now = self.now();
         transact!(self, |tx| {
             let user = self.lock_active(tx, user.id).await?;
+            // The account row is locked: a concurrent removal of another way in waits here
+            // and counts after this one.
+            let passkeys = store::passkey_count(tx, user.id).await?;
+            if user.password_hash.is_none()
+                && passkeys <= 1
+                && store::identity_count(tx, user.id).await? == 0
+            {
+                return Err(ServiceError::LastSignInMethod);
+            }
             if !store::delete_passkey(tx, user.id, passkey_id).await? {
                 return Err(ServiceError::NotFound);
             }
@@ -266,34 +271,6 @@ impl App {
         })?;
         tracing::info!(user_id = %user.id, %passkey_id, "passkey removed");
         Ok(())
-    }
-
-    /// Refuses unless the caller's session signed in with a passkey less than 5 minutes ago:
-    /// a fresh assertion in place of the password.
-    async fn require_fresh_passkey_sign_in(
-        &self,
-        subject: TokenSubject,
-    ) -> Result<(), ServiceError> {
-        let now = self.now();
-        let fresh = self
-            .sessions
-            .list(subject.user_id, now)
-            .await?
-            .into_iter()
-            .find(|s| s.id == subject.session_id)
-            .is_some_and(|s| {
-                s.methods.has_passkey()
-                    && now.as_millis() - s.created_at.as_millis() <= FRESH_SIGN_IN_MS
-            });
-        if fresh {
-            return Ok(());
-        }
-        Err(ServiceError::Validation(vec![
-            dt_users_domain::FieldError::new(
-                "current_password",
-                "needed, unless this session signed in with a passkey in the last 5 minutes",
-            ),
-        ]))
     }
 
     /// The options of `navigator.credentials.get` for the second step of a sign-in whose

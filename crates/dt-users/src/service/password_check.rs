@@ -6,12 +6,16 @@
 
 use std::future::Future;
 
-use dt_users_domain::{User, normalize_password};
+use dt_users_domain::{AuthMethods, FieldError, User, normalize_password};
 use secrecy::SecretString;
 
 use super::{App, ServiceError, limiter_key};
+use crate::security::access_token::TokenSubject;
 use crate::security::password_hasher::Verified;
 use crate::security::rate_limit::{Decision, Quota, RateLimiter, Slot};
+
+/// How recent a sign-in stands in for the password, in milliseconds.
+const FRESH_SIGN_IN_MS: i64 = 300_000;
 
 /// The rule under which checks running at once are refused.
 const IN_FLIGHT_RULE: &str = "password_checks_in_flight";
@@ -69,7 +73,8 @@ impl App {
     }
 
     /// Checks the signed-in user's `current_password` (a change of email or password, a
-    /// deletion) through the same gate as a sign-in.
+    /// deletion) through the same gate as a sign-in. An account without a password gets the
+    /// dummy check and the answer of a wrong password.
     pub(super) async fn check_current_password(
         &self,
         user: &User,
@@ -79,13 +84,64 @@ impl App {
             .check_password(
                 &user.email.lookup_key(),
                 normalize_password(password),
-                Some(user.password_hash.clone()),
+                user.password_hash.clone(),
             )
             .await?;
         if verified == Verified::No {
             return Err(ServiceError::WrongCurrentPassword);
         }
         Ok(())
+    }
+
+    /// Confirms that the owner of `user` asks for a sensitive change (a new password or email,
+    /// a deletion, a change of two-factor sign-in): by `current_password`, or, without one, by
+    /// a fresh sign-in of this session ([`App::require_fresh_sign_in`]). `field` names the
+    /// password in the request, for the validation error.
+    pub(super) async fn confirm_owner(
+        &self,
+        user: &User,
+        subject: TokenSubject,
+        current_password: Option<&str>,
+        field: &'static str,
+    ) -> Result<(), ServiceError> {
+        match current_password {
+            Some(password) => self.check_current_password(user, password).await,
+            None => self.require_fresh_sign_in(user, subject, field).await,
+        }
+    }
+
+    /// Refuses unless the caller's session signed in less than 5 minutes ago with a passkey,
+    /// or — for an account without a password — with any way it has (a provider): a fresh
+    /// sign-in in place of the password.
+    async fn require_fresh_sign_in(
+        &self,
+        user: &User,
+        subject: TokenSubject,
+        field: &'static str,
+    ) -> Result<(), ServiceError> {
+        let now = self.now();
+        let fresh = self
+            .sessions
+            .list(subject.user_id, now)
+            .await?
+            .into_iter()
+            .find(|s| s.id == subject.session_id)
+            .is_some_and(|s| {
+                let shown = s.methods.has_passkey()
+                    || (user.password_hash.is_none() && s.methods.contains(AuthMethods::FEDERATED));
+                shown && now.as_millis() - s.created_at.as_millis() <= FRESH_SIGN_IN_MS
+            });
+        if fresh {
+            return Ok(());
+        }
+        let message = if user.password_hash.is_some() {
+            "needed, unless this session signed in with a passkey in the last 5 minutes"
+        } else {
+            "this account has no password: sign in again (with a passkey or a provider) and retry within 5 minutes, or set a password by a reset"
+        };
+        Err(ServiceError::Validation(vec![FieldError::new(
+            field, message,
+        )]))
     }
 
     async fn counted_check<T>(

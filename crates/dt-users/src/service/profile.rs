@@ -2,8 +2,8 @@
 //! password change.
 
 use dt_users_domain::{
-    AvatarUrl, Bio, DisplayName, Email, Event, FieldError, FieldErrors, NewPassword, PasswordRules,
-    User, Username,
+    AvatarUrl, Bio, DisplayName, Email, Event, FieldErrors, NewPassword, PasswordRules, User,
+    Username,
 };
 use dt_users_store::{self as store, AnyConnection};
 use secrecy::{ExposeSecret, SecretString};
@@ -51,8 +51,11 @@ struct ParsedPatch {
     bio: Option<Option<String>>,
     avatar_url: Option<Option<String>>,
     new_password: Option<NewPassword>,
-    /// Present whenever the patch changes the email or the password.
+    /// Given with a patch that changes the email or the password.
     current_password: Option<SecretString>,
+    /// The patch changes the email or the password: the owner confirms it, by
+    /// `current_password` or by a fresh sign-in.
+    needs_owner: bool,
 }
 
 impl ParsedPatch {
@@ -94,12 +97,6 @@ impl ParsedPatch {
                 errors.check("new_password", NewPassword::parse(p, rules))
             });
         let needs_password = patch.email.is_some() || patch.new_password.is_some();
-        if needs_password && patch.current_password.is_none() {
-            errors.push(FieldError::new(
-                "current_password",
-                "is required to change the email or the password",
-            ));
-        }
         if !errors.is_empty() {
             return Err(into_field_error(errors));
         }
@@ -111,6 +108,7 @@ impl ParsedPatch {
             avatar_url,
             new_password,
             current_password: patch.current_password.filter(|_| needs_password),
+            needs_owner: needs_password,
         })
     }
 
@@ -142,7 +140,7 @@ impl ParsedPatch {
             user.avatar_url = avatar_url.clone();
         }
         if let Some(hash) = new_password_hash {
-            user.password_hash = hash.clone();
+            user.password_hash = Some(hash.clone());
         }
         applied
     }
@@ -179,7 +177,7 @@ impl App {
     ) -> Result<User, ServiceError> {
         let user = self.current_user(subject).await?;
         let patch = ParsedPatch::parse(&user, patch)?;
-        self.authorize_patch(&user, &patch).await?;
+        self.authorize_patch(&user, subject, &patch).await?;
         let new_password_hash = match &patch.new_password {
             Some(password) => Some(self.hasher.hash(password.secret().clone()).await?),
             None => None,
@@ -216,13 +214,19 @@ impl App {
     /// or password, and room in the limits of email changes. A new address is asked for by
     /// email; each request sends two emails, so each is counted per account and per target
     /// address.
-    async fn authorize_patch(&self, user: &User, patch: &ParsedPatch) -> Result<(), ServiceError> {
-        if let Some(current) = patch
-            .current_password
-            .as_ref()
-            .map(ExposeSecret::expose_secret)
-        {
-            self.check_current_password(user, current).await?;
+    async fn authorize_patch(
+        &self,
+        user: &User,
+        subject: TokenSubject,
+        patch: &ParsedPatch,
+    ) -> Result<(), ServiceError> {
+        if patch.needs_owner {
+            let current = patch
+                .current_password
+                .as_ref()
+                .map(ExposeSecret::expose_secret);
+            self.confirm_owner(user, subject, current, "current_password")
+                .await?;
         }
         let new_address = patch
             .email

@@ -21,12 +21,14 @@ pub const MFA_TOKEN_TTL_SECS: u64 = 300;
 const MFA_TOKEN_PREFIX: &str = "dtm_";
 
 impl App {
-    /// The answer to a correct password of `user` (with two-factor on): a new second-step
-    /// challenge, as [`ServiceError::MfaRequired`].
+    /// The answer to a correct first step of `user` (with two-factor on) — a password, or a
+    /// provider's sign-in, as `first` says: a new second-step challenge, as
+    /// [`ServiceError::MfaRequired`].
     pub(super) async fn require_second_step(
         &self,
         user: &User,
         epoch: Epoch,
+        first: AuthMethods,
     ) -> Result<ServiceError, ServiceError> {
         let now = self.now();
         let token = format!("{MFA_TOKEN_PREFIX}{}", random_urlsafe(32));
@@ -49,11 +51,12 @@ impl App {
             &hash_secret(&token),
             user.id,
             epoch.0,
+            &first.encode(),
             now,
             now.plus_secs(MFA_TOKEN_TTL_SECS),
         )
         .await?;
-        tracing::info!(user_id = %user.id, "password accepted: second factor required");
+        tracing::info!(user_id = %user.id, "first step accepted: second factor required");
         Ok(ServiceError::MfaRequired {
             mfa_token: SecretString::from(token),
             methods,
@@ -115,7 +118,7 @@ impl App {
         }
         .ok_or(ServiceError::InvalidMfaToken)?;
         refuse_unless_active(&current)?;
-        let methods = AuthMethods::PASSWORD.with(shown);
+        let methods = AuthMethods::decode(&challenge.first_methods).with(shown);
         self.open_session(user.id, Epoch(challenge.epoch), methods, client)
             .await?
             .ok_or(ServiceError::InvalidMfaToken)

@@ -69,13 +69,14 @@ impl App {
     pub async fn start_totp(
         &self,
         subject: TokenSubject,
-        current_password: &str,
+        current_password: Option<&str>,
     ) -> Result<TotpEnrolment, ServiceError> {
         let user = self.current_user(subject).await?;
         if self.confirmed_totp(user.id).await?.is_some() {
             return Err(ServiceError::MfaAlreadyEnabled);
         }
-        self.check_current_password(&user, current_password).await?;
+        self.confirm_owner(&user, subject, current_password, "current_password")
+            .await?;
         let secret = TotpSecret::generate();
         let sealed = self
             .sealer
@@ -156,14 +157,15 @@ impl App {
     pub async fn disable_totp(
         &self,
         subject: TokenSubject,
-        current_password: &str,
+        current_password: Option<&str>,
         code: SecondFactor<'_>,
     ) -> Result<(), ServiceError> {
         let user = self.current_user(subject).await?;
         let Some(totp) = self.confirmed_totp(user.id).await? else {
             return Err(ServiceError::NotFound);
         };
-        self.check_current_password(&user, current_password).await?;
+        self.confirm_owner(&user, subject, current_password, "current_password")
+            .await?;
         let now = self.now();
         let check = async {
             transact!(self, |tx| {
@@ -198,13 +200,14 @@ impl App {
     pub async fn regenerate_recovery_codes(
         &self,
         subject: TokenSubject,
-        current_password: &str,
+        current_password: Option<&str>,
     ) -> Result<RecoveryCodes, ServiceError> {
         let user = self.current_user(subject).await?;
         if !user.mfa_enabled {
             return Err(ServiceError::MfaNotEnabled);
         }
-        self.check_current_password(&user, current_password).await?;
+        self.confirm_owner(&user, subject, current_password, "current_password")
+            .await?;
         let codes = transact!(self, |tx| {
             let user = self.lock_active(tx, user.id).await?;
             if !user.mfa_enabled {

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use dt_users_domain::Clock;
 use dt_users_store::{Db, MigrationState};
 
-use crate::config::{Config, ConfigError, MfaConfig, RedisServers, Settings};
+use crate::config::{Config, ConfigError, GITHUB, MfaConfig, OAuthConfig, RedisServers, Settings};
 use crate::events::KafkaProbe;
+use crate::federation::{FederationError, GitHub, Oidc, Provider, Providers};
 use crate::health::Readiness;
 use crate::jobs::QueueError;
 use crate::runner::OutboxSignal;
@@ -172,7 +173,10 @@ pub async fn build_app(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<App
         command_retention: config.commands.retention,
         events_published: config.kafka.is_some(),
         totp_issuer: config.mfa.totp_issuer.clone(),
+        oauth_redirect_uris: config.oauth.redirect_uris.clone(),
+        api_url: config.oauth.api_url.clone(),
     };
+    let providers = identity_providers(&config.oauth)?;
     Ok(Arc::new(App {
         policy,
         db,
@@ -186,7 +190,35 @@ pub async fn build_app(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<App
         limits: limits.rules,
         sealer,
         webauthn,
+        providers,
     }))
+}
+
+/// The identity providers of `oauth`, by the name each is served under.
+fn identity_providers(oauth: &OAuthConfig) -> Result<Providers, StartupError> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let setup = |e: FederationError| StartupError::Setup(e.to_string());
+    if let Some(github) = &oauth.github {
+        let provider = GitHub::new(
+            github.client_id.clone(),
+            github.client_secret.clone(),
+            &github.web_url,
+            github.api_url.clone(),
+        )
+        .map_err(setup)?;
+        by_name.insert(GITHUB.to_owned(), Provider::GitHub(Box::new(provider)));
+    }
+    for oidc in &oauth.oidc {
+        let provider = Oidc::new(
+            &oidc.issuer,
+            oidc.client_id.clone(),
+            oidc.client_secret.clone(),
+            &oidc.scopes,
+        )
+        .map_err(setup)?;
+        by_name.insert(oidc.name.clone(), Provider::Oidc(Box::new(provider)));
+    }
+    Providers::new(by_name).map_err(setup)
 }
 
 /// The WebAuthn relying party of passkeys: its id, the origins allowed, and the name prompts
