@@ -26,7 +26,7 @@ fn user(profile: bool) -> User {
         display_name: profile.then(|| "Ada Lovelace".into()),
         bio: profile.then(|| "Analyst of the Analytical Engine.".into()),
         avatar_url: profile.then(|| "https://cdn.example.com/ada.png".into()),
-        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
         status: AccountStatus::Active,
         banned: false,
         created_at: NOW.minus_secs(86_400),

@@ -141,6 +141,16 @@ fn database_url_of(settings: &Settings) -> String {
     }
 }
 
+/// A port of 127.0.0.1 that was free a moment ago (the system's next ephemeral port is not
+/// handed out again at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A directory in the temporary directory no other test uses (not created here).
 pub fn fresh_data_dir() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("dt-users-test-{}", uuid::Uuid::new_v4().simple()))
@@ -203,6 +213,17 @@ impl TestApp {
     /// Spawns on `backend` with settings adjusted by `adjust` (after the test defaults are
     /// set).
     pub async fn spawn_with_on(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> Self {
+        Self::spawn_on_port(backend, 0, adjust).await
+    }
+
+    /// Spawns on `backend` serving on `port` (0: a free one), with settings adjusted by
+    /// `adjust`: a test that must know the app's URL before it starts (to register it at an
+    /// identity provider) takes a [`free_port`] first.
+    pub async fn spawn_on_port(
+        backend: Backend,
+        port: u16,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> Self {
         // `DT_USERS_TEST_LOG=1` shows the service's logs while debugging a test.
         if std::env::var_os("DT_USERS_TEST_LOG").is_some() {
             dt_users::telemetry::init_logging(dt_users::config::LogFormat::Pretty);
@@ -230,7 +251,7 @@ impl TestApp {
         let clock = ManualClock::starting_now();
         let database_url = database_url_of(&settings);
         let data_dir = settings.data_dir.clone();
-        let instance = Instance::start(settings, &clock).await;
+        let instance = Instance::start_on(settings, &clock, port).await;
         Self {
             base: instance.base.clone(),
             client: reqwest::Client::new(),
@@ -344,6 +365,26 @@ impl TestApp {
         sqlx::AnyConnection::connect(&self.database_url)
             .await
             .unwrap()
+    }
+
+    /// The token of the newest email `name` of `user_id`, once one is recorded: some emails
+    /// (a password reset) are recorded after the answer, so that its timing tells nothing.
+    pub async fn awaited_token(&self, user_id: &str, name: &str) -> String {
+        for _ in 0..500 {
+            let mut conn = self.db().await;
+            let recorded: Option<(String,)> =
+                sqlx::query_as("SELECT id FROM outbox WHERE user_id = ? AND name = ? LIMIT 1")
+                    .bind(user_id.to_owned())
+                    .bind(name.to_owned())
+                    .fetch_optional(&mut conn)
+                    .await
+                    .unwrap();
+            if recorded.is_some() {
+                return self.emailed_token(user_id, name).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("no {name} email was recorded for {user_id}");
     }
 
     /// The token of the newest email `name` (`account_restore`, `password_reset`, …) recorded
@@ -574,10 +615,15 @@ pub struct Instance {
 impl Instance {
     /// Serves `settings` on a free port, on `clock`.
     async fn start(settings: Settings, clock: &ManualClock) -> Self {
+        Self::start_on(settings, clock, 0).await
+    }
+
+    /// Serves `settings` on `port` of 127.0.0.1 (0: a free one), on `clock`.
+    async fn start_on(settings: Settings, clock: &ManualClock, port: u16) -> Self {
         let application = Application::build_with_clock(
             settings.clone(),
             "127.0.0.1",
-            0,
+            port,
             Arc::new(clock.clone()),
         )
         .await

@@ -131,21 +131,7 @@ async fn sign_ins_in_flight_do_not_outlive_a_password_reset() {
             .post_json("/api/v1/auth/password/forgot", &json!({"email": email}))
             .await;
         assert_eq!(forgot.status(), StatusCode::ACCEPTED);
-        // The reset email is recorded after the answer: wait for its outbox row.
-        let token = loop {
-            let mut conn = app.db().await;
-            let recorded: Option<(String,)> = sqlx::query_as(
-                "SELECT id FROM outbox WHERE user_id = ? AND name = 'password_reset' LIMIT 1",
-            )
-            .bind(user_id.clone())
-            .fetch_optional(&mut conn)
-            .await
-            .unwrap();
-            if recorded.is_some() {
-                break app.emailed_token(&user_id, "password_reset").await;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let token = app.awaited_token(&user_id, "password_reset").await;
         let loops = SignInLoops::start(&app, &email, PASSWORD);
         loops.running().await;
         let reset = app

@@ -1,5 +1,6 @@
 //! The logs of every flow that handles a secret hold none of them: no password, no access or
-//! refresh token, no emailed token, no signing key, no two-factor secret, code or token.
+//! refresh token, no emailed token, no signing key, no two-factor secret, code or token, and
+//! nothing of a provider sign-in (state, cookie, code, PKCE verifier, login code).
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -11,6 +12,10 @@ use dt_users::domain::{Clock, SystemClock};
 use dt_users::security::totp::TotpSecret;
 
 use crate::helpers::PASSWORD;
+use crate::oauth_standins::{GitHubEmail, GitHubStandIn, GitHubUser};
+
+/// The web app page provider sign-ins come back to.
+const WEB_APP: &str = "https://app.example.test/done";
 
 fn emailed_tokens(mail_dir: &std::path::Path) -> Vec<String> {
     let mut tokens = Vec::new();
@@ -62,8 +67,17 @@ async fn logs_of_every_secret_handling_flow_contain_no_secret() {
             command.env_remove(key);
         }
     }
-    let mut child = command.spawn().unwrap();
+    // GitHub sign-in, against the stand-in.
+    let github = GitHubStandIn::start("gh-client", "gh-client-secret-4711").await;
     let base = format!("http://127.0.0.1:{port}");
+    command
+        .env("DT_USERS_GITHUB_CLIENT_ID", "gh-client")
+        .env("DT_USERS_GITHUB_CLIENT_SECRET", "gh-client-secret-4711")
+        .env("DT_USERS_GITHUB_URL", github.web_url())
+        .env("DT_USERS_GITHUB_API_URL", github.api_url())
+        .env("DT_USERS_API_URL", &base)
+        .env("DT_USERS_OAUTH_REDIRECT_URIS", WEB_APP);
+    let mut child = command.spawn().unwrap();
     let client = reqwest::Client::new();
     for _ in 0..100 {
         if client
@@ -254,6 +268,67 @@ async fn logs_of_every_secret_handling_flow_contain_no_secret() {
     );
     secrets.extend(seen.iter().cloned());
     secrets.push(pair["access_token"].as_str().unwrap().to_owned());
+
+    // A GitHub sign-in: its state, the cookie binding it, GitHub's code, the PKCE verifier,
+    // the login code and the tokens.
+    github.sign_in_as(GitHubUser {
+        id: 1,
+        login: "grace".into(),
+        name: None,
+        avatar_url: None,
+        emails: vec![GitHubEmail {
+            email: "grace@example.com".into(),
+            primary: true,
+            verified: true,
+        }],
+    });
+    let browser = crate::oidc_provider::browser();
+    let authorize = browser
+        .get(format!(
+            "{base}/api/v1/auth/oauth/github/authorize?redirect_uri={WEB_APP}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(authorize.status(), StatusCode::FOUND);
+    let cookie = authorize.headers()["set-cookie"].to_str().unwrap();
+    let binding = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("dt_oauth=")
+        .to_owned();
+    let at_github = url::Url::parse(authorize.headers()["location"].to_str().unwrap()).unwrap();
+    let back = browser.get(at_github.clone()).send().await.unwrap();
+    let callback = url::Url::parse(back.headers()["location"].to_str().unwrap()).unwrap();
+    let landed = browser.get(callback.clone()).send().await.unwrap();
+    let landed = url::Url::parse(landed.headers()["location"].to_str().unwrap()).unwrap();
+    let param = |url: &url::Url, name: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_else(|| panic!("no {name} in {url}"))
+    };
+    let login_code = param(&landed, "login_code");
+    let exchanged: Value = post(
+        "/api/v1/auth/oauth/exchange",
+        json!({"login_code": login_code}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    secrets.extend([
+        param(&at_github, "state"),
+        binding,
+        param(&callback, "code"),
+        github.last_code_verifier().unwrap(),
+        login_code,
+        "gh-client-secret-4711".to_owned(),
+        exchanged["access_token"].as_str().unwrap().to_owned(),
+        exchanged["refresh_token"].as_str().unwrap().to_owned(),
+    ]);
 
     let _ = child.kill();
     let _ = child.wait();

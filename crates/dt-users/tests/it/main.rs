@@ -14,6 +14,8 @@ mod helpers;
 mod kafka;
 mod log_secrets;
 mod mail;
+mod oauth_standins;
+mod oidc_provider;
 mod process;
 
 mod auth_tokens;
@@ -44,6 +46,7 @@ mod register_login;
 mod relay_lease;
 mod schemathesis;
 mod shutdown;
+mod social_sign_in;
 mod topology;
 mod two_factor;
 mod ugly_input;

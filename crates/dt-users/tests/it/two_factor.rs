@@ -1546,7 +1546,11 @@ async fn ugly_input_on_the_two_factor_endpoints_is_a_client_error() {
                 )
                 .await;
                 let status = assert_client_problem(response, &what).await;
-                assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{what}");
+                // `null` is an optional field left out (`current_password`, which a fresh
+                // sign-in stands in for): then the request's own refusal, still a 4xx.
+                if !(wrong.is_null() && field == "current_password") {
+                    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{what}");
+                }
             }
         }
         let mut unknown = example.clone();

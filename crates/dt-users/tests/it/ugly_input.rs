@@ -35,6 +35,16 @@ fn json_endpoints() -> Vec<(Method, &'static str, Value)> {
             "/api/v1/auth/email/change/cancel",
             json!({"token": "x"}),
         ),
+        (
+            Method::POST,
+            "/api/v1/auth/oauth/exchange",
+            json!({"login_code": "dtl_x"}),
+        ),
+        (
+            Method::POST,
+            "/api/v1/users/current/identities/github",
+            json!({"redirect_uri": "https://app.example.com/done"}),
+        ),
     ]
 }
 
@@ -262,6 +272,11 @@ async fn odd_unicode_control_characters_and_injection_strings_never_cause_a_5xx(
                 Method::PATCH,
                 json!({"username": value, "avatar_url": value}),
             ),
+            (
+                "/api/v1/auth/oauth/exchange",
+                Method::POST,
+                json!({"login_code": value}),
+            ),
         ];
         for (path, method, body) in bodies {
             let response = send_raw(
@@ -287,11 +302,14 @@ async fn odd_unicode_control_characters_and_injection_strings_never_cause_a_5xx(
         for path in [
             format!("/api/v1/users/{encoded}"),
             format!("/api/v1/users/current/sessions/{encoded}"),
+            format!("/api/v1/users/current/identities/{encoded}"),
+            format!("/api/v1/auth/oauth/{encoded}/authorize?redirect_uri={encoded}"),
+            format!("/api/v1/auth/oauth/{encoded}/callback?code={encoded}&state={encoded}"),
         ] {
             let response = app
                 .client
                 .request(
-                    if path.contains("sessions") {
+                    if path.contains("sessions") || path.contains("identities") {
                         Method::DELETE
                     } else {
                         Method::GET
