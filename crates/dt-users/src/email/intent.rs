@@ -35,6 +35,10 @@ pub enum EmailKind {
     PasskeyAdded(PasskeyParams),
     /// Security notice after a passkey was removed from the account.
     PasskeyRemoved(PasskeyParams),
+    /// Security notice after a provider identity (GitHub, OpenID Connect) was linked.
+    IdentityLinked(IdentityParams),
+    /// Security notice after a provider identity was unlinked.
+    IdentityUnlinked(IdentityParams),
 }
 
 impl EmailKind {
@@ -53,6 +57,8 @@ impl EmailKind {
             Self::RecoveryCodeUsed(_) => "recovery_code_used",
             Self::PasskeyAdded(_) => "passkey_added",
             Self::PasskeyRemoved(_) => "passkey_removed",
+            Self::IdentityLinked(_) => "identity_linked",
+            Self::IdentityUnlinked(_) => "identity_unlinked",
         }
     }
 
@@ -69,7 +75,9 @@ impl EmailKind {
             | Self::TwoFactorDisabled(_)
             | Self::RecoveryCodeUsed(_)
             | Self::PasskeyAdded(_)
-            | Self::PasskeyRemoved(_) => None,
+            | Self::PasskeyRemoved(_)
+            | Self::IdentityLinked(_)
+            | Self::IdentityUnlinked(_) => None,
         }
     }
 }
@@ -154,6 +162,15 @@ pub struct RecoveryCodeUsedParams {
 pub struct PasskeyParams {
     /// The name its owner gave the passkey.
     pub passkey_name: String,
+    /// RFC 3339 (UTC, seconds).
+    pub at: String,
+}
+
+/// `identity_linked` and `identity_unlinked`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityParams {
+    /// The provider's name (`github`, or an OpenID Connect provider's).
+    pub provider: String,
     /// RFC 3339 (UTC, seconds).
     pub at: String,
 }
@@ -250,6 +267,13 @@ mod tests {
                     at: "2026-11-26T13:10:37Z".into(),
                 }),
                 json!({"passkey_name": "Work laptop", "at": "2026-11-26T13:10:37Z"}),
+            ),
+            (
+                EmailKind::IdentityLinked(IdentityParams {
+                    provider: "github".into(),
+                    at: "2026-11-26T13:10:37Z".into(),
+                }),
+                json!({"provider": "github", "at": "2026-11-26T13:10:37Z"}),
             ),
             (
                 EmailKind::PasskeyRemoved(PasskeyParams {

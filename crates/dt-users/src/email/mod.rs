@@ -6,8 +6,8 @@ mod mailer;
 mod render;
 
 pub use intent::{
-    AccountRestoreParams, EmailChangeNoticeParams, EmailIntent, EmailKind, NoParams, PasskeyParams,
-    PasswordChangedParams, RecoveryCodeUsedParams, TwoFactorParams,
+    AccountRestoreParams, EmailChangeNoticeParams, EmailIntent, EmailKind, IdentityParams,
+    NoParams, PasskeyParams, PasswordChangedParams, RecoveryCodeUsedParams, TwoFactorParams,
 };
 pub use mailer::{Mailer, SendError};
 pub use render::{RenderedEmail, render};

@@ -27,6 +27,8 @@ const TEMPLATES: &[(&str, &str)] = email_templates!(
     "recovery_code_used",
     "passkey_added",
     "passkey_removed",
+    "identity_linked",
+    "identity_unlinked",
 );
 
 /// The templates, compiled once. HTML templates (`.html`) escape every value.
@@ -68,6 +70,10 @@ fn template_values(kind: &EmailKind) -> Value {
         ],
         EmailKind::PasskeyAdded(p) | EmailKind::PasskeyRemoved(p) => vec![
             ("passkey_name", Value::from(&*p.passkey_name)),
+            ("at", Value::from(&*p.at)),
+        ],
+        EmailKind::IdentityLinked(p) | EmailKind::IdentityUnlinked(p) => vec![
+            ("provider", Value::from(&*p.provider)),
             ("at", Value::from(&*p.at)),
         ],
         EmailKind::Welcome(_)
@@ -123,7 +129,7 @@ mod tests {
 
     use super::*;
     use crate::email::{
-        AccountRestoreParams, EmailChangeNoticeParams, NoParams, PasskeyParams,
+        AccountRestoreParams, EmailChangeNoticeParams, IdentityParams, NoParams, PasskeyParams,
         PasswordChangedParams, RecoveryCodeUsedParams, TwoFactorParams,
     };
 
@@ -138,7 +144,7 @@ mod tests {
         }
     }
 
-    fn every_kind() -> [EmailKind; 12] {
+    fn every_kind() -> [EmailKind; 14] {
         [
             EmailKind::Welcome(NoParams),
             EmailKind::VerifyEmail(NoParams),
@@ -173,6 +179,14 @@ mod tests {
             EmailKind::PasskeyRemoved(PasskeyParams {
                 passkey_name: "Old phone".into(),
                 at: "2026-11-30T13:10:37Z".into(),
+            }),
+            EmailKind::IdentityLinked(IdentityParams {
+                provider: "github".into(),
+                at: "2026-12-01T13:10:37Z".into(),
+            }),
+            EmailKind::IdentityUnlinked(IdentityParams {
+                provider: "corp-sso".into(),
+                at: "2026-12-02T13:10:37Z".into(),
             }),
         ]
     }
@@ -234,6 +248,9 @@ mod tests {
                 }
                 EmailKind::PasskeyAdded(p) | EmailKind::PasskeyRemoved(p) => {
                     vec![format!("\"{}\"", p.passkey_name), p.at.clone()]
+                }
+                EmailKind::IdentityLinked(p) | EmailKind::IdentityUnlinked(p) => {
+                    vec![format!("\"{}\"", p.provider), p.at.clone()]
                 }
                 _ => continue,
             };

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::auth::{ClientInfo, TokenPair, refuse_unless_active};
 use super::transaction::transact;
 use super::{App, ServiceError};
-use crate::email::{EmailKind, NoParams};
+use crate::email::{EmailKind, IdentityParams, NoParams};
 use crate::federation::{ExternalIdentity, FederationError, Provider};
 use crate::security::access_token::TokenSubject;
 use crate::security::secret_token::{hash_secret, random_urlsafe};
@@ -380,6 +380,11 @@ impl App {
                                 last_used_at: None,
                             };
                             if store::insert_identity(tx, &record).await? {
+                                let notice = EmailKind::IdentityLinked(IdentityParams {
+                                    provider: provider.to_owned(),
+                                    at: now.to_rfc3339(),
+                                });
+                                self.queue_notice(tx, notice, &user).await?;
                                 tracing::info!(user_id = %user.id, provider, "identity linked");
                                 None
                             } else {
@@ -656,14 +661,19 @@ impl App {
         transact!(self, |tx| {
             let user = self.lock_active(tx, subject.user_id).await?;
             let linked = store::identities_of(tx, user.id).await?;
-            if !linked.iter().any(|i| i.id == id) {
+            let Some(unlinked) = linked.iter().find(|i| i.id == id) else {
                 return Err(ServiceError::NotFound);
-            }
+            };
             let passkeys = store::passkey_count(tx, user.id).await?;
             if user.password_hash.is_none() && passkeys == 0 && linked.len() <= 1 {
                 return Err(ServiceError::LastSignInMethod);
             }
             store::delete_identity(tx, user.id, id).await?;
+            let notice = EmailKind::IdentityUnlinked(IdentityParams {
+                provider: unlinked.provider.clone(),
+                at: self.now().to_rfc3339(),
+            });
+            self.queue_notice(tx, notice, &user).await?;
         })?;
         tracing::info!(user_id = %subject.user_id, identity_id = %id, "identity unlinked");
         Ok(())

@@ -393,6 +393,11 @@ on_both_backends! {
         assert!(query_param(&landed, "login_code").is_none());
         let linked = identities(&app, &tokens.access).await;
         assert_eq!(linked.len(), 1);
+        // The owner is told: a new way into the account is a security event.
+        let user_id = app.current_user_id(&tokens.access).await;
+        let notices = outbox(&app, &user_id, "identity_linked").await;
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert_eq!(notices[0]["params"]["provider"], CORP);
 
         // The identity now signs in to this account.
         let via_provider = signed_in(corp_sign_in(&app, &login).await).await;
@@ -406,6 +411,7 @@ on_both_backends! {
         let id = linked[0]["id"].as_str().unwrap();
         assert_eq!(unlink(&app, &tokens.access, id).await.status(), StatusCode::NO_CONTENT);
         assert!(identities(&app, &tokens.access).await.is_empty());
+        assert_eq!(outbox(&app, &user_id, "identity_unlinked").await.len(), 1);
         assert_problem(unlink(&app, &tokens.access, id).await, StatusCode::NOT_FOUND, "not_found").await;
         let fresh = created(corp_sign_in(&app, &login).await).await;
         assert_ne!(
