@@ -1127,3 +1127,81 @@ async fn provider_sign_in_is_rate_limited_per_client() {
     let response = request_authorize(&app, &browser, CORP, WEB_APP).await;
     assert_problem(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
 }
+
+#[tokio::test]
+async fn one_identity_linked_to_two_accounts_at_once_goes_to_one() {
+    let hostile = HostileOidc::start("hostile-client", "hostile-secret").await;
+    let with = With {
+        hostile: Some(&hostile),
+        ..With::default()
+    };
+    let app = spawn(Backend::MariaDbRedis, with, |_| {}).await;
+    let mut accounts = Vec::new();
+    for name in ["ann", "ben"] {
+        app.register(&format!("{name}@devtalk.test"), name).await;
+        accounts.push(app.sign_in(&format!("{name}@devtalk.test")).await);
+    }
+    for round in 0..8 {
+        hostile.sign_in_as(
+            &format!("shared-{round}"),
+            json!({"email": "shared@hostile.test"}),
+        );
+        // Both owners are at the provider's callback, each in their own browser; then both
+        // callbacks arrive together.
+        let mut callbacks = Vec::new();
+        for tokens in &accounts {
+            let browser = browser();
+            let at_provider = start_link(&app, &browser, &tokens.access, HOSTILE).await;
+            let response = browser.get(at_provider).send().await.unwrap();
+            callbacks.push((browser, location(&response)));
+        }
+        let handles: Vec<_> = callbacks
+            .into_iter()
+            .map(|(browser, url)| {
+                tokio::spawn(async move { location(&browser.get(url).send().await.unwrap()) })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for handle in handles {
+            let landed = handle.await.unwrap();
+            outcomes.push(
+                query_param(&landed, "linked")
+                    .or_else(|| query_param(&landed, "error"))
+                    .unwrap(),
+            );
+        }
+        outcomes.sort();
+        assert_eq!(outcomes, ["hostile", "identity_taken"], "round {round}");
+    }
+    let mut linked = 0;
+    for tokens in &accounts {
+        linked += identities(&app, &tokens.access).await.len();
+    }
+    assert_eq!(linked, 8);
+}
+
+#[tokio::test]
+async fn a_link_outlived_by_its_session_is_not_made() {
+    let hostile = HostileOidc::start("hostile-client", "hostile-secret").await;
+    let with = With {
+        hostile: Some(&hostile),
+        ..With::default()
+    };
+    let app = spawn(Backend::Embedded, with, |_| {}).await;
+    app.register("leaver@devtalk.test", "leaver").await;
+    let tokens = app.sign_in("leaver@devtalk.test").await;
+    hostile.sign_in_as("leaver-sub", json!({"email": "leaver@hostile.test"}));
+    let browser = browser();
+    let at_provider = start_link(&app, &browser, &tokens.access, HOSTILE).await;
+    let response = browser.get(at_provider).send().await.unwrap();
+    let callback_url = location(&response);
+    // Signed out while at the provider: the link it started is not made.
+    let response = post_auth(&app, "/api/v1/auth/logout", &tokens.access, &json!({})).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let landed = landed(&browser, &callback_url).await;
+    assert_eq!(
+        query_param(&landed, "error").as_deref(),
+        Some("link_expired")
+    );
+    assert_eq!(rows(&app, "identities").await, 0);
+}
