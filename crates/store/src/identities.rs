@@ -334,21 +334,6 @@ pub async fn delete_stale_oauth(
     Ok(removed)
 }
 
-/// Removes the account's identities and its flows in progress (the account is erased).
-pub async fn erase_identities(conn: &mut AnyConnection, user_id: Uuid) -> Result<(), StoreError> {
-    let id = user_id.to_string();
-    for sql in [
-        "DELETE FROM identities WHERE user_id = ?",
-        "DELETE FROM oauth_flows WHERE user_id = ?",
-    ] {
-        sqlx::query(sql)
-            .bind(id.clone())
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
-}
-
 fn identity_from_row(row: &AnyRow) -> Result<IdentityRecord, StoreError> {
     let id: String = row.try_get("id")?;
     let user_id: String = row.try_get("user_id")?;

@@ -27,13 +27,13 @@ pub use email_tokens::{
 };
 pub use error::{Conflict, StoreError};
 pub use identities::{
-    IdentityRecord, LoginCode, OAuthFlow, delete_identity, delete_stale_oauth, erase_identities,
-    identities_of, identity_by_subject, identity_count, insert_identity, insert_login_code,
-    insert_oauth_flow, record_identity_use, take_login_code, take_oauth_flow,
+    IdentityRecord, LoginCode, OAuthFlow, delete_identity, delete_stale_oauth, identities_of,
+    identity_by_subject, identity_count, insert_identity, insert_login_code, insert_oauth_flow,
+    record_identity_use, take_login_code, take_oauth_flow,
 };
 pub use mfa::{
     MfaChallenge, TotpRecord, accept_totp_step, confirm_totp, delete_recovery_codes,
-    delete_stale_mfa_challenges, delete_totp, erase_mfa, insert_mfa_challenge, live_mfa_challenge,
+    delete_stale_mfa_challenges, delete_totp, insert_mfa_challenge, live_mfa_challenge,
     put_pending_totp, recovery_codes_left, replace_recovery_codes, totp_of, use_mfa_challenge,
     use_recovery_code,
 };
@@ -44,9 +44,9 @@ pub use outbox::{
     pending_outbox, postpone,
 };
 pub use passkeys::{
-    Ceremony, PasskeyRecord, delete_passkey, delete_stale_ceremonies, erase_passkeys,
-    insert_passkey, passkey_by_credential, passkey_count, passkeys_of, put_ceremony,
-    record_passkey_use, take_ceremony,
+    Ceremony, PasskeyRecord, delete_passkey, delete_stale_ceremonies, insert_passkey,
+    passkey_by_credential, passkey_count, passkeys_of, put_ceremony, record_passkey_use,
+    take_ceremony,
 };
 pub use sqlx::AnyConnection;
 pub use users::{

@@ -307,22 +307,6 @@ pub async fn delete_stale_mfa_challenges(
     Ok(done.rows_affected())
 }
 
-/// Removes every second factor of the account and its challenges (the account is erased).
-pub async fn erase_mfa(conn: &mut AnyConnection, user_id: Uuid) -> Result<(), StoreError> {
-    let id = user_id.to_string();
-    for sql in [
-        "DELETE FROM mfa_totp WHERE user_id = ?",
-        "DELETE FROM recovery_codes WHERE user_id = ?",
-        "DELETE FROM mfa_challenges WHERE user_id = ?",
-    ] {
-        sqlx::query(sql)
-            .bind(id.clone())
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
-}
-
 fn challenge_from_row(row: &AnyRow) -> Result<MfaChallenge, StoreError> {
     let user_id: String = row.try_get("user_id")?;
     let epoch: i64 = row.try_get("epoch")?;

@@ -233,21 +233,6 @@ pub async fn delete_stale_ceremonies(
     Ok(done.rows_affected())
 }
 
-/// Removes the account's passkeys and its ceremonies in progress (the account is erased).
-pub async fn erase_passkeys(conn: &mut AnyConnection, user_id: Uuid) -> Result<(), StoreError> {
-    let id = user_id.to_string();
-    for sql in [
-        "DELETE FROM passkeys WHERE user_id = ?",
-        "DELETE FROM webauthn_ceremonies WHERE user_id = ?",
-    ] {
-        sqlx::query(sql)
-            .bind(id.clone())
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
-}
-
 fn passkey_from_row(row: &AnyRow) -> Result<PasskeyRecord, StoreError> {
     let id: String = row.try_get("id")?;
     let user_id: String = row.try_get("user_id")?;

@@ -214,28 +214,35 @@ pub async fn due_for_purge(
         .collect()
 }
 
-/// Erases an account's row and every row that holds its personal data: its email tokens, its
+/// Every row that holds an account's personal data, by the statement that deletes it: its
 /// second factors (authenticator, recovery codes, sign-in challenges, passkeys, WebAuthn
-/// ceremonies), and all its outbox rows — email intents, and events, which may hold its
-/// public profile (an event not yet published is superseded by the `purged` event the caller
-/// records next).
+/// ceremonies), its linked provider identities and sign-in flows in progress, its email tokens,
+/// and all its outbox rows — email intents, and events, which may hold its public profile (an
+/// event not yet published is superseded by the `purged` event the caller records next). The
+/// account's row goes last. (Provider sign-ins not yet exchanged name no account: they expire
+/// within a minute.)
+const ERASE: [&str; 10] = [
+    "DELETE FROM mfa_totp WHERE user_id = ?",
+    "DELETE FROM recovery_codes WHERE user_id = ?",
+    "DELETE FROM mfa_challenges WHERE user_id = ?",
+    "DELETE FROM passkeys WHERE user_id = ?",
+    "DELETE FROM webauthn_ceremonies WHERE user_id = ?",
+    "DELETE FROM identities WHERE user_id = ?",
+    "DELETE FROM oauth_flows WHERE user_id = ?",
+    "DELETE FROM email_tokens WHERE user_id = ?",
+    "DELETE FROM outbox WHERE user_id = ?",
+    "DELETE FROM users WHERE id = ?",
+];
+
+/// Erases an account's row and every row that holds its personal data ([`ERASE`]).
 pub async fn erase_user(conn: &mut AnyConnection, id: Uuid) -> Result<(), StoreError> {
-    crate::mfa::erase_mfa(&mut *conn, id).await?;
-    crate::passkeys::erase_passkeys(&mut *conn, id).await?;
-    crate::identities::erase_identities(&mut *conn, id).await?;
     let id = id.to_string();
-    sqlx::query("DELETE FROM email_tokens WHERE user_id = ?")
-        .bind(id.clone())
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("DELETE FROM outbox WHERE user_id = ?")
-        .bind(id.clone())
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("DELETE FROM users WHERE id = ?")
-        .bind(id)
-        .execute(conn)
-        .await?;
+    for sql in ERASE {
+        sqlx::query(sql)
+            .bind(id.clone())
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 
