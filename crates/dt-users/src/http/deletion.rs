@@ -127,6 +127,8 @@ pub struct AccountExportView {
     /// Emails sent, or about to be.
     pub emails: Vec<EmailRecordView>,
     pub second_factors: SecondFactorsView,
+    /// The provider identities (GitHub, OpenID Connect) linked to the account.
+    pub identities: Vec<super::oauth::IdentityView>,
 }
 
 /// The second factors set up, without their secrets.
@@ -198,6 +200,11 @@ pub async fn export(
                 .map(super::passkeys::PasskeyView::from)
                 .collect(),
         },
+        identities: export
+            .identities
+            .into_iter()
+            .map(super::oauth::IdentityView::from)
+            .collect(),
     };
     let mut response = Json(view).into_response();
     response.headers_mut().insert(

@@ -1205,3 +1205,46 @@ async fn a_link_outlived_by_its_session_is_not_made() {
     );
     assert_eq!(rows(&app, "identities").await, 0);
 }
+
+on_both_backends! {
+    async fn the_export_lists_identities_and_erasure_removes_them_and_flows(backend) {
+        let hostile = HostileOidc::start("hostile-client", "hostile-secret").await;
+        let with = With { hostile: Some(&hostile), ..With::default() };
+        let app = spawn(backend, with, |_| {}).await;
+        app.register("gone@devtalk.test", "gone").await;
+        let tokens = app.sign_in("gone@devtalk.test").await;
+        let user_id = app.current_user_id(&tokens.access).await;
+        hostile.sign_in_as("gone-sub", json!({"email": "gone@hostile.test"}));
+        let browser = browser();
+        let at_provider = start_link(&app, &browser, &tokens.access, HOSTILE).await;
+        let response = browser.get(at_provider).send().await.unwrap();
+        landed(&browser, &location(&response)).await;
+        // A second link left pending at the provider.
+        start_link(&app, &browser, &tokens.access, HOSTILE).await;
+
+        let export: Value = app
+            .get_auth("/api/v1/users/current/export", &tokens.access)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(export["identities"][0]["provider"], HOSTILE, "{export}");
+        assert_eq!(export["identities"][0]["subject"], "gone-sub");
+
+        let response = delete_account(&app, &tokens.access, &json!({"password": crate::helpers::PASSWORD})).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        app.clock.advance_secs(31 * 86_400);
+        assert_eq!(app.app.purge_due_accounts(app.app.now(), 100).await.unwrap(), 1);
+        let mut conn = app.db().await;
+        for table in ["identities", "oauth_flows"] {
+            let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM {table} WHERE user_id = ?"
+            )))
+            .bind(user_id.clone())
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            assert_eq!(n, 0, "{table}");
+        }
+    }
+}
