@@ -1248,3 +1248,26 @@ on_both_backends! {
         }
     }
 }
+
+#[tokio::test]
+async fn a_provider_that_goes_down_before_the_callback_sends_the_browser_back_with_an_error() {
+    let hostile = HostileOidc::start("hostile-client", "hostile-secret").await;
+    let with = With {
+        hostile: Some(&hostile),
+        ..With::default()
+    };
+    let app = spawn(Backend::Embedded, with, |_| {}).await;
+    hostile.sign_in_as("late", json!({"email": "late@hostile.test"}));
+    let browser = browser();
+    let at_provider = authorize(&app, &browser, HOSTILE).await;
+    let response = browser.get(at_provider).send().await.unwrap();
+    let callback_url = location(&response);
+    // The code cannot be exchanged: the provider is gone.
+    drop(hostile);
+    let landed = landed(&browser, &callback_url).await;
+    assert_eq!(
+        query_param(&landed, "error").as_deref(),
+        Some("provider_unavailable")
+    );
+    assert_eq!(rows(&app, "users").await, 0);
+}
